@@ -1,0 +1,32 @@
+"""lazyllm: LazyLLM dynamic token pruning (Fu et al., 2024) as a drop-in patch for Transformers models.
+
+    import lazyllm
+    lazyllm.patch(model)          # the default schedule for the model's depth
+    model.generate(**inputs)      # as before, with a sooner first token on long prompts
+    print(lazyllm.stats(model).summary())
+"""
+
+from lazyllm.cache import UnsupportedCacheError
+from lazyllm.config import PRESETS, ConfigError, LazyConfig
+from lazyllm.families import UnsupportedModelError
+from lazyllm.forward import UnsupportedCallError
+from lazyllm.patching import UnsupportedGenerationError, is_patched, patch, patched, stats, unpatch
+from lazyllm.stats import LazyStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "LazyConfig",
+    "LazyStats",
+    "UnsupportedCacheError",
+    "UnsupportedCallError",
+    "UnsupportedGenerationError",
+    "UnsupportedModelError",
+    "is_patched",
+    "patch",
+    "patched",
+    "stats",
+    "unpatch",
+]

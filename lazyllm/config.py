@@ -1,0 +1,136 @@
+"""The pruning schedule: where tokens are dropped, how many are kept, and when pruning runs at all."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Selection = Literal["attention", "random"]
+
+# Named schedules, written as (fraction of depth, keep ratio) so that one preset serves every depth.
+# A keep ratio is the share of the *prompt* kept from that layer on (not of the tokens left by the
+# previous cut), so ratios never compound by surprise. "default" was chosen from the measured
+# speed/quality frontier in benchmarks/results/ (see README, "Choosing the default schedule").
+PRESETS: dict[str, tuple[tuple[float, float], ...]] = {
+    "default": ((0.25, 0.5), (0.5, 0.3), (0.75, 0.15)),
+    "conservative": ((0.3, 0.7), (0.6, 0.5), (0.9, 0.3)),
+    "aggressive": ((0.15, 0.4), (0.3, 0.2), (0.5, 0.1)),
+}
+
+# Below this many prompt tokens a row is not pruned: the prefill is short and gains little.
+# Measured on SmolLM2-135M (benchmarks/results/), see README "Short prompts".
+DEFAULT_MIN_PROMPT_TOKENS = 512
+
+
+class ConfigError(ValueError):
+    """A `LazyConfig` value that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class LazyConfig:
+    """What LazyLLM prunes, validated on construction.
+
+    Args:
+        prune_layers: strictly increasing decoder-layer indices (>= 1) where pruning happens. At layer
+            `prune_layers[i]` tokens are scored by the attention the last token paid them in the layer before.
+        keep_ratios: one per pruning layer, in (0, 1], non-increasing: the share of the prompt's tokens that
+            layers `prune_layers[i]` and on compute. 1.0 everywhere means "prune nothing" (exact baseline).
+        min_prompt_tokens: rows whose prompt is shorter than this are not pruned (every token kept).
+        revive: keep dropped tokens' hidden states (the Aux Cache) so that decoding steps can select them again.
+            `False` gives static pruning: what prefill dropped stays dropped.
+        selection: "attention" (LazyLLM) or "random" (the paper's random-drop baseline, for benchmarks).
+        seed: seed of the random selection.
+    """
+
+    prune_layers: tuple[int, ...] = ()
+    keep_ratios: tuple[float, ...] = ()
+    min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS
+    revive: bool = True
+    selection: Selection = "attention"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
+        object.__setattr__(self, "keep_ratios", tuple(float(r) for r in self.keep_ratios))
+        layers, ratios = self.prune_layers, self.keep_ratios
+        if len(layers) != len(ratios):
+            raise ConfigError(
+                f"prune_layers has {len(layers)} entries but keep_ratios has {len(ratios)}: give one keep ratio per pruning layer."
+            )
+        if any(not isinstance(layer, int) or isinstance(layer, bool) for layer in layers):
+            raise ConfigError(f"prune_layers must be integers, got {layers}.")
+        if any(layer < 1 for layer in layers):
+            raise ConfigError(
+                f"prune_layers must be >= 1 (layer 0 has no earlier layer to score tokens with), got {layers}."
+            )
+        if any(b <= a for a, b in zip(layers, layers[1:])):
+            raise ConfigError(f"prune_layers must be strictly increasing, got {layers}.")
+        if any(not (0.0 < r <= 1.0) or math.isnan(r) for r in ratios):
+            raise ConfigError(f"keep_ratios must lie in (0, 1], got {ratios}.")
+        if any(b > a for a, b in zip(ratios, ratios[1:])):
+            raise ConfigError(
+                f"keep_ratios must not increase with depth (a later layer cannot see tokens an earlier one dropped), got {ratios}."
+            )
+        if not isinstance(self.min_prompt_tokens, int) or self.min_prompt_tokens < 0:
+            raise ConfigError(f"min_prompt_tokens must be an integer >= 0, got {self.min_prompt_tokens!r}.")
+        if not isinstance(self.revive, bool):
+            raise ConfigError(f"revive must be True or False, got {self.revive!r}.")
+        if self.selection not in ("attention", "random"):
+            raise ConfigError(f"selection must be 'attention' or 'random', got {self.selection!r}.")
+
+    @classmethod
+    def preset(cls, name: str, num_layers: int, **overrides: object) -> LazyConfig:
+        """The named schedule (`PRESETS`) placed on a model with `num_layers` decoder layers."""
+        if name == "off":
+            return cls(**overrides)  # type: ignore[arg-type]
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(['off', *PRESETS])}.")
+        if num_layers < 2:
+            raise ConfigError(f"a model needs at least 2 layers to be pruned, this one has {num_layers}.")
+        placed: dict[int, float] = {}
+        for fraction, ratio in PRESETS[name]:
+            layer = min(max(round(fraction * num_layers), 1), num_layers - 1)
+            placed[layer] = min(ratio, placed.get(layer, 1.0))  # shallow models: merged cuts keep the smaller ratio
+        layers = tuple(sorted(placed))
+        return cls(prune_layers=layers, keep_ratios=tuple(placed[layer] for layer in layers), **overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def parse(cls, schedule: str, num_layers: int, **overrides: object) -> LazyConfig:
+        """A schedule written as a preset name ("default") or as "layer:keep,..." ("8:0.5,16:0.3,24:0.1")."""
+        text = schedule.strip()
+        if text in PRESETS or text == "off":
+            return cls.preset(text, num_layers, **overrides)
+        layers, ratios = [], []
+        for item in text.split(","):
+            layer, sep, ratio = item.partition(":")
+            try:
+                if not sep:
+                    raise ValueError
+                layers.append(int(layer))
+                ratios.append(float(ratio))
+            except ValueError:
+                raise ConfigError(
+                    f"bad schedule {schedule!r}: write a preset ({', '.join(['off', *PRESETS])}) or 'layer:keep,...' "
+                    "such as '8:0.5,16:0.3,24:0.1'."
+                ) from None
+        config = cls(prune_layers=tuple(layers), keep_ratios=tuple(ratios), **overrides)  # type: ignore[arg-type]
+        config.check_depth(num_layers)
+        return config
+
+    def check_depth(self, num_layers: int) -> None:
+        """Raise `ConfigError` when a pruning layer does not exist in a model of `num_layers` layers."""
+        if self.prune_layers and self.prune_layers[-1] >= num_layers:
+            raise ConfigError(
+                f"prune_layers {self.prune_layers} reach past the model's {num_layers} layers: use indices below {num_layers}."
+            )
+
+    def keep_counts(self, prompt_tokens: int) -> list[int]:
+        """Tokens that each pruning layer keeps of a row with `prompt_tokens` tokens (all of them when it is short)."""
+        if prompt_tokens < self.min_prompt_tokens:
+            return [prompt_tokens] * len(self.keep_ratios)
+        return [max(1, math.ceil(ratio * prompt_tokens)) for ratio in self.keep_ratios]
+
+    def describe(self) -> str:
+        """The schedule as 'layer:keep,...', the form `parse` reads."""
+        return ",".join(f"{layer}:{ratio:g}" for layer, ratio in zip(self.prune_layers, self.keep_ratios)) or "off"

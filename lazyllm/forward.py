@@ -1,0 +1,344 @@
+"""The pruned forward of a Llama-like base model: one function for prefill and for decoding steps.
+
+A call runs the decoder layers on a changing set of tokens (`Tokens`):
+- prefill starts with every prompt token; decoding starts with the one new token;
+- at each pruning layer the set is chosen anew: the last token's attention in the previous layer scores every
+  token that layer attended, the top `keep_counts` prompt tokens of each row go on (with the last token and all
+  generated tokens), the others are parked in that layer's Aux Cache. In decoding, parked tokens that are chosen
+  again come back from the Aux Cache and are computed from the layer where they stopped (never from the start);
+- every layer appends the KV of the tokens it computed to Transformers' `DynamicCache` and attends only the
+  chosen tokens, through a mask built from original positions (RoPE positions never change).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from lazyllm.cache import AuxCache, LazyState, check_cache
+from lazyllm.families import check_attention_backend
+from lazyllm.scoring import last_token_attention, random_scores
+from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
+from lazyllm.stats import LazyStats
+
+if TYPE_CHECKING:
+    from lazyllm.patching import LazyRuntime
+
+
+class UnsupportedCallError(ValueError):
+    """A call a patched model cannot serve correctly; raised before any work, the message says what to do."""
+
+
+@dataclass
+class Tokens:
+    """The tokens a layer computes: hidden states and original positions, -1 marking empty slots."""
+
+    hidden: torch.Tensor  # (B, q, D)
+    positions: torch.Tensor  # (B, q), sorted per row, empty slots first, newest token last
+
+
+def lazy_forward(
+    runtime: LazyRuntime,
+    base: nn.Module,
+    original_forward: Callable[..., Any],
+    input_ids: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.LongTensor | None = None,
+    past_key_values: DynamicCache | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    use_cache: bool | None = None,
+    **kwargs: Any,
+) -> BaseModelOutputWithPast:
+    """Drop-in replacement of the base model's `forward` (e.g. `LlamaModel.forward`)."""
+    check_attention_backend(base)
+    check_cache(past_key_values)
+    state = runtime.states.get(past_key_values) if past_key_values is not None else None
+    call = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        inputs_embeds=inputs_embeds,
+        use_cache=use_cache,
+    )
+    if state is not None and past_key_values.get_seq_length() > 0:
+        check_decode_call(call, kwargs)
+        return decode_step(runtime, base, state, **call)
+    reason = fallback_reason(runtime, base, call, kwargs)
+    if reason is not None:
+        runtime.note_unpruned(reason, base, call)
+        return original_forward(**call, **kwargs)
+    return prefill(runtime, base, **call)
+
+
+def fallback_reason(runtime: LazyRuntime, base: nn.Module, call: dict[str, Any], kwargs: dict[str, Any]) -> str | None:
+    """Why this call should run the unpruned forward, or None when pruning can serve it."""
+    cache = call["past_key_values"]
+    if cache is not None and cache.get_seq_length() > 0:
+        return "the cache holds tokens of an unpruned call"
+    if runtime.full_sequence:
+        return "logits of every position were requested (labels, or logits_to_keep != 1)"
+    if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+        return "output_attentions / output_hidden_states were requested"
+    if base.training:
+        return "the model is in training mode"
+    if not runtime.config.prune_layers:
+        return "the schedule prunes no layer"
+    lengths = prompt_lengths(call)
+    if max(lengths) < runtime.config.min_prompt_tokens:
+        return f"prompt of {max(lengths)} tokens is shorter than min_prompt_tokens={runtime.config.min_prompt_tokens}"
+    return None
+
+
+def prompt_lengths(call: dict[str, Any]) -> list[int]:
+    """Real (unpadded) tokens of each row of a prefill call."""
+    mask = call["attention_mask"]
+    if mask is not None and mask.dim() == 2:
+        return mask.sum(dim=1).tolist()
+    embedded = call["input_ids"] if call["input_ids"] is not None else call["inputs_embeds"]
+    return [embedded.shape[1]] * embedded.shape[0]
+
+
+def check_decode_call(call: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    """Raise for decoding calls on a pruned cache that cannot be served exactly as asked."""
+    embedded = call["input_ids"] if call["input_ids"] is not None else call["inputs_embeds"]
+    if embedded.shape[1] != 1:
+        raise UnsupportedCallError(
+            f"a pruned cache can only be extended one token per call, got {embedded.shape[1]} tokens "
+            "(chunked prefill, assisted decoding or reusing a cache for a new turn): start from a fresh cache."
+        )
+    if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+        raise UnsupportedCallError(
+            "output_attentions / output_hidden_states cannot be served on a pruned cache: "
+            "ask for them from the prefill on (then pruning is skipped) or lazyllm.unpatch(model)."
+        )
+
+
+def prefill(
+    runtime: LazyRuntime,
+    base: nn.Module,
+    input_ids: torch.LongTensor | None,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.LongTensor | None,
+    past_key_values: DynamicCache | None,
+    inputs_embeds: torch.Tensor | None,
+    use_cache: bool | None,
+) -> BaseModelOutputWithPast:
+    """Pruned prefill: the first segment sees every token, each pruning layer keeps fewer."""
+    config = runtime.config
+    hidden = inputs_embeds if inputs_embeds is not None else base.embed_tokens(input_ids)
+    batch, length = hidden.shape[:2]
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise UnsupportedCallError("lazyllm needs a 2D attention_mask (batch, tokens), got a 4D mask.")
+    real = attention_mask.bool() if attention_mask is not None else hidden.new_ones((batch, length), dtype=torch.bool)
+    if not bool(real[:, -1].all()):
+        raise UnsupportedCallError(
+            "the last column of attention_mask has padding: lazyllm needs left padding "
+            "(tokenizer.padding_side = 'left'), so that every row's last token is the query."
+        )
+    if position_ids is None:
+        position_ids = torch.arange(length, device=hidden.device)[None, :]
+    positions = position_ids.expand(batch, length).masked_fill(~real, -1)
+
+    lengths = real.sum(dim=1).tolist()
+    keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
+    cache = past_key_values if past_key_values is not None else DynamicCache(config=base.config)
+    generator = None
+    if config.selection == "random":
+        generator = torch.Generator(device=hidden.device).manual_seed(config.seed)
+    stats = LazyStats(
+        pruned=True, schedule=config.describe(), num_layers=len(base.layers), prompt_tokens=lengths
+    )
+    first_generated = positions.max(dim=1).values + 1
+    state = LazyState(len(base.layers), keep_counts, first_generated, not bool(real.all()), stats, generator)
+    runtime.begin(cache, state)
+
+    last_hidden = run_layers(runtime, base, state, cache, Tokens(hidden, positions), prefill=True)
+    use_cache = use_cache if use_cache is not None else base.config.use_cache
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden, past_key_values=cache if use_cache else None)
+
+
+def decode_step(
+    runtime: LazyRuntime,
+    base: nn.Module,
+    state: LazyState,
+    input_ids: torch.LongTensor | None,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.LongTensor | None,
+    past_key_values: DynamicCache,
+    inputs_embeds: torch.Tensor | None,
+    use_cache: bool | None,
+) -> BaseModelOutputWithPast:
+    """One decoding step on a pruned cache: the new token, plus the tokens its attention revives."""
+    hidden = inputs_embeds if inputs_embeds is not None else base.embed_tokens(input_ids)
+    batch = hidden.shape[0]
+    if position_ids is None:
+        position_ids = torch.arange(1, device=hidden.device)[None, :] + past_key_values.get_seq_length()
+    state.stats.decode_steps += 1
+    tokens = Tokens(hidden, position_ids.expand(batch, 1))
+    last_hidden = run_layers(runtime, base, state, past_key_values, tokens, prefill=False)
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden, past_key_values=past_key_values)
+
+
+def run_layers(
+    runtime: LazyRuntime, base: nn.Module, state: LazyState, cache: DynamicCache, tokens: Tokens, prefill: bool
+) -> torch.Tensor:
+    """Run every decoder layer on `tokens`, re-choosing them at pruning layers; returns the final-normed last token."""
+    config = runtime.config
+    layers = base.layers[: base.config.num_hidden_layers]
+    pruning_index = {layer: i for i, layer in enumerate(config.prune_layers)}
+    reselects = prefill or config.revive  # static pruning: decoding attends whatever each layer holds
+    # Positions index the per-row tables below; layer 0 holds every token seen so far.
+    width = int(torch.cat([tokens.positions, state.entries(0).to(tokens.positions.device)], dim=1).max()) + 1
+    chosen: torch.Tensor | None = None  # (B, width): tokens the current layer may attend; None = all
+    revived: list[torch.Tensor] = []
+    computed: list[torch.Tensor] = []  # tokens computed per layer
+    embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the current tokens
+    mask: torch.Tensor | None = None
+    mask_ready = False
+    runtime.capturing = True
+    try:
+        for index, layer in enumerate(layers):
+            if reselects and index in pruning_index:
+                tokens, chosen, revived_here = reselect(
+                    runtime, state, cache, layers, index, pruning_index[index], tokens, chosen, width, embeddings, prefill
+                )
+                revived.append(revived_here)
+                embeddings, mask_ready = None, False
+            if embeddings is None:
+                embeddings = base.rotary_emb(tokens.hidden, tokens.positions.clamp(min=0))
+            before = state.entries(index)
+            if not mask_ready or before.shape[1] > 0:  # in prefill one mask serves a whole segment
+                mask = attention_mask_for(base, state, before, tokens.positions, chosen, tokens.hidden.dtype)
+                mask_ready = True
+            hidden = layer(
+                tokens.hidden,
+                attention_mask=mask,
+                position_ids=tokens.positions.clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
+                position_embeddings=embeddings,
+            )
+            state.record(index, tokens.positions)
+            computed.append((tokens.positions >= 0).sum())
+            tokens = Tokens(hidden, tokens.positions)
+    finally:
+        runtime.capturing = False
+        runtime.captured.clear()
+    record_stats(state, computed, revived, prefill)
+    return base.norm(tokens.hidden[:, -1:])
+
+
+def reselect(
+    runtime: LazyRuntime,
+    state: LazyState,
+    cache: DynamicCache,
+    layers: nn.ModuleList,
+    index: int,
+    cut: int,
+    tokens: Tokens,
+    chosen: torch.Tensor | None,
+    width: int,
+    embeddings: tuple[torch.Tensor, torch.Tensor],
+    prefill: bool,
+) -> tuple[Tokens, torch.Tensor, torch.Tensor]:
+    """At pruning layer `index` (the `cut`-th), choose the tokens that go on; park the rest in Aux Cache `cut`.
+
+    Returns the tokens to compute from here on (those going on, plus parked ones chosen again), the
+    `(B, width)` table of tokens the following layers attend, and how many parked tokens were revived.
+    """
+    device = tokens.hidden.device
+    previous = index - 1
+    entries = state.entries(previous).to(device)  # (B, T): the tokens layer `previous` holds
+    attended = entries >= 0 if chosen is None else lookup(chosen, entries)
+    if runtime.config.selection == "random":
+        scores = random_scores(attended, state.generator)
+    else:
+        cos, sin = (part[:, -1:] for part in embeddings)
+        query = runtime.adapter.last_query(runtime.captured[previous].to(device), layers[previous], cos, sin)
+        keys = cache.layers[previous].keys.to(device)
+        scores = last_token_attention(query, keys, attended, layers[previous].self_attn.scaling)
+
+    is_prompt = state.is_prompt(entries)
+    table = to_table(scores, entries, width, 0.0)  # (B, width) score of each position
+    if prefill:  # the last token is the query of the next token: it is never dropped
+        table.scatter_(1, tokens.positions[:, -1:], float("inf"))
+    candidates = to_table(attended & is_prompt, entries, width, False)
+    chosen = top_k_per_row(table, candidates, state.keep_counts[:, cut].to(device))
+    chosen |= to_table(attended & ~is_prompt, entries, width, False)  # generated tokens are never pruned
+
+    parked = state.aux[cut]
+    pool = tokens
+    if parked is not None:
+        pool = Tokens(
+            torch.cat([tokens.hidden, parked.hidden.to(device)], dim=1),
+            torch.cat([tokens.positions, parked.positions.to(device)], dim=1),
+        )
+    goes_on = lookup(chosen, pool.positions)
+    if runtime.config.revive:
+        index_off, positions_off = pack(pool.positions, ~goes_on)
+        state.aux[cut] = AuxCache(gather_rows(pool.hidden, index_off), positions_off)
+    revived = lookup(chosen, parked.positions.to(device)).sum() if parked is not None else torch.zeros((), device=device)
+    index_on, positions_on = pack(pool.positions, goes_on)
+    return Tokens(gather_rows(pool.hidden, index_on), positions_on), chosen, revived
+
+
+def attention_mask_for(
+    base: nn.Module,
+    state: LazyState,
+    before: torch.Tensor,
+    query_positions: torch.Tensor,
+    chosen: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The mask of one layer: every query attends the chosen keys at or before its own position.
+
+    Args:
+        before: `(B, T0)` positions of the entries the layer held before this call.
+        query_positions: `(B, q)` positions of the tokens it computes now (their keys are appended after `before`).
+        chosen: `(B, width)` tokens the layer may attend, None for all.
+
+    Returns:
+        `(B, 1, q, T0 + q)`: bool for SDPA, additive float for eager; None where SDPA's own handling is exact
+        (a causal prefill over sorted tokens, or one query that may see every key).
+    """
+    sdpa = base.config._attn_implementation == "sdpa"
+    if sdpa and before.shape[1] == 0 and bool((query_positions >= 0).all()):
+        return None  # prefill without empty slots: keys are the queries, sorted, so is_causal is exact
+    if sdpa and query_positions.shape[1] == 1 and chosen is None and not state.padded:
+        return None
+    key_positions = torch.cat([before.to(query_positions.device), query_positions], dim=1)  # (B, T)
+    key_allowed = key_positions >= 0 if chosen is None else lookup(chosen, key_positions)
+    allowed = key_allowed[:, None, :] & (key_positions[:, None, :] <= query_positions[:, :, None])  # (B, q, T)
+    # An empty slot attends only its own key, so that no softmax row is empty (SDPA would return NaN).
+    query_count = query_positions.shape[1]
+    own = torch.eye(query_count, dtype=torch.bool, device=allowed.device)[None] & (query_positions < 0)[:, :, None]
+    allowed[:, :, before.shape[1] :] |= own
+    mask = allowed[:, None]
+    if sdpa:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def record_stats(state: LazyState, computed: list[torch.Tensor], revived: list[torch.Tensor], prefill: bool) -> None:
+    """Fold one call's counts into `state.stats`, reading them from the device in one go."""
+    device = computed[0].device
+    parked = [(aux.positions >= 0).sum() for aux in state.aux if aux is not None]
+    figures = torch.stack([t.to(device) for t in (*computed, *revived, *parked)]).tolist()
+    per_layer = [int(n) for n in figures[: len(computed)]]
+    revived_count = int(sum(figures[len(computed) : len(computed) + len(revived)]))
+    stats = state.stats
+    if prefill:
+        stats.kept_per_layer = per_layer
+    else:
+        new_tokens = state.first_generated.numel() * len(per_layer)  # every row's new token, in every layer
+        stats.decode_token_layers += sum(per_layer)
+        stats.revived_tokens += revived_count
+        stats.revived_token_layers += sum(per_layer) - new_tokens
+    stats.aux_cache_tokens = int(sum(figures[len(computed) + len(revived) :]))
+    stats.aux_cache_bytes = state.aux_bytes()
