@@ -1,9 +1,9 @@
 """lazyllm: LazyLLM dynamic token pruning (Fu et al., 2024) as a drop-in patch for Transformers models.
 
-    import lazyllm
-    lazyllm.patch(model)          # the default schedule for the model's depth
-    model.generate(**inputs)      # as before, with a sooner first token on long prompts
-    print(lazyllm.stats(model).summary())
+import lazyllm
+lazyllm.patch(model)          # the default schedule for the model's depth
+model.generate(**inputs)      # as before, with a sooner first token on long prompts
+print(lazyllm.stats(model).summary())
 """
 
 from lazyllm.cache import UnsupportedCacheError

@@ -42,7 +42,9 @@ class FamilyAdapter:
     query_module: Callable[[nn.Module], nn.Module]
     apply_rotary_pos_emb: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-    def last_query(self, captured: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def last_query(
+        self, captured: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         """The last token's query `(B, H, head_dim)` with RoPE applied; `cos`/`sin` are `(B, 1, head_dim)`."""
         head_dim = layer.self_attn.head_dim
         query = captured[:, -1:].reshape(captured.shape[0], 1, -1, head_dim).transpose(1, 2)  # (B, H, 1, d)

@@ -12,8 +12,9 @@ A call runs the decoder layers on a changing set of tokens (`Tokens`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -151,9 +152,7 @@ def prefill(
     generator = None
     if config.selection == "random":
         generator = torch.Generator(device=hidden.device).manual_seed(config.seed)
-    stats = LazyStats(
-        pruned=True, schedule=config.describe(), num_layers=len(base.layers), prompt_tokens=lengths
-    )
+    stats = LazyStats(pruned=True, schedule=config.describe(), num_layers=len(base.layers), prompt_tokens=lengths)
     first_generated = positions.max(dim=1).values + 1
     state = LazyState(len(base.layers), keep_counts, first_generated, not bool(real.all()), stats, generator)
     runtime.begin(cache, state)
@@ -206,7 +205,17 @@ def run_layers(
         for index, layer in enumerate(layers):
             if reselects and index in pruning_index:
                 tokens, chosen, revived_here = reselect(
-                    runtime, state, cache, layers, index, pruning_index[index], tokens, chosen, width, embeddings, prefill
+                    runtime,
+                    state,
+                    cache,
+                    layers,
+                    index,
+                    pruning_index[index],
+                    tokens,
+                    chosen,
+                    width,
+                    embeddings,
+                    prefill,
                 )
                 revived.append(revived_here)
                 embeddings, mask_ready = None, False
@@ -283,7 +292,9 @@ def reselect(
     if runtime.config.revive:
         index_off, positions_off = pack(pool.positions, ~goes_on)
         state.aux[cut] = AuxCache(gather_rows(pool.hidden, index_off), positions_off)
-    revived = lookup(chosen, parked.positions.to(device)).sum() if parked is not None else torch.zeros((), device=device)
+    revived = (
+        lookup(chosen, parked.positions.to(device)).sum() if parked is not None else torch.zeros((), device=device)
+    )
     index_on, positions_on = pack(pool.positions, goes_on)
     return Tokens(gather_rows(pool.hidden, index_on), positions_on), chosen, revived
 

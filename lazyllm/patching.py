@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,9 +54,7 @@ class LazyRuntime:
     def install(self, model: nn.Module) -> None:
         base = model.model
         original_base = self._forward_of(base)
-        self._replace(
-            base, _forward_attribute(base), functools.partial(lazy_forward, self, base, original_base)
-        )
+        self._replace(base, _forward_attribute(base), functools.partial(lazy_forward, self, base, original_base))
         self._replace(model, _forward_attribute(model), self._causal_forward(self._forward_of(model)))
         self._replace(model, "generate", self._generate(model, model.generate))
         self._install_hooks(model)
@@ -182,7 +180,9 @@ def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
         problems.append(f"cache_implementation={option('cache_implementation')!r}: only the default dynamic cache")
     if problems:
         raise UnsupportedGenerationError(
-            "lazyllm cannot serve this generate() call: " + "; ".join(problems) + ". Or run it with lazyllm.unpatch(model)."
+            "lazyllm cannot serve this generate() call: "
+            + "; ".join(problems)
+            + ". Or run it with lazyllm.unpatch(model)."
         )
     check_cache(kwargs.get("past_key_values"))
     check_attention_backend(model)

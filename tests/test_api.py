@@ -1,0 +1,199 @@
+"""The public surface: patch/unpatch symmetry, fallbacks that say why, and clear errors before any work."""
+
+import pytest
+import torch
+from conftest import random_ids, tiny_llama
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
+
+import lazyllm
+
+SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=64)
+
+
+def hook_count(model):
+    return sum(len(layer.self_attn.q_proj._forward_hooks) for layer in model.model.layers)
+
+
+def test_unpatch_restores_bit_identical_outputs_and_attributes():
+    model = tiny_llama("gqa")
+    ids = random_ids(200)
+    with torch.inference_mode():
+        before_logits = model(ids).logits
+        before_text = model.generate(ids, max_new_tokens=16, do_sample=False)
+        lazyllm.patch(model, SCHEDULE)
+        pruned_text = model.generate(ids, max_new_tokens=16, do_sample=False)
+        lazyllm.unpatch(model)
+        after_logits = model(ids).logits
+        after_text = model.generate(ids, max_new_tokens=16, do_sample=False)
+    assert torch.equal(before_logits, after_logits) and torch.equal(before_text, after_text)
+    assert pruned_text.shape == before_text.shape
+    for owner in (model, model.model):
+        assert "forward" not in owner.__dict__ and "generate" not in owner.__dict__
+    assert hook_count(model) == 0 and not lazyllm.is_patched(model)
+    lazyllm.unpatch(model)  # unpatching an unpatched model changes nothing
+
+
+def test_patching_twice_is_idempotent_and_changes_only_the_schedule():
+    model = tiny_llama("gqa")
+    ids = random_ids(200)
+    lazyllm.patch(model, SCHEDULE)
+    with torch.inference_mode():
+        once = model.generate(ids, max_new_tokens=16, do_sample=False)
+        lazyllm.patch(model, SCHEDULE)
+        twice = model.generate(ids, max_new_tokens=16, do_sample=False)
+    assert torch.equal(once, twice) and hook_count(model) == 2
+    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0))
+    assert hook_count(model) == 1 and model._lazyllm.config.prune_layers == (3,)
+    lazyllm.unpatch(model)
+    assert hook_count(model) == 0 and "forward" not in model.__dict__
+
+
+def test_patched_context_manager_restores_the_previous_state():
+    model = tiny_llama("gqa")
+    with lazyllm.patched(model, SCHEDULE):
+        assert lazyllm.is_patched(model)
+    assert not lazyllm.is_patched(model)
+    lazyllm.patch(model, SCHEDULE)
+    with lazyllm.patched(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.4,))):
+        assert model._lazyllm.config.prune_layers == (3,)
+    assert model._lazyllm.config == SCHEDULE
+
+
+def test_default_config_is_the_default_preset():
+    model = lazyllm.patch(tiny_llama("xgen"))
+    assert model._lazyllm.config == lazyllm.LazyConfig.preset("default", 32)
+
+
+def test_consecutive_generates_do_not_leak_state():
+    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+    first_ids, second_ids = random_ids(300, seed=1), random_ids(180, seed=2)
+    with torch.inference_mode():
+        first = model.generate(first_ids, max_new_tokens=20, do_sample=False)
+        first_stats = lazyllm.stats(model)
+        model.generate(second_ids, max_new_tokens=10, do_sample=False)
+        second_stats = lazyllm.stats(model)
+        again = model.generate(first_ids, max_new_tokens=20, do_sample=False)
+    assert torch.equal(first, again)
+    assert first_stats.prompt_tokens == [300] and second_stats.prompt_tokens == [180]
+    assert second_stats.decode_steps == 9 and lazyllm.stats(model).as_dict() == first_stats.as_dict()
+    assert len(model._lazyllm.states) <= 1, "caches of finished generate() calls are not kept alive"
+
+
+def test_short_prompts_and_full_sequence_calls_fall_back_exactly():
+    model = tiny_llama("gqa")
+    short, long = random_ids(40), random_ids(200)
+    with torch.inference_mode():
+        base_short = model.generate(short, max_new_tokens=8, do_sample=False)
+        base_loss = model(long, labels=long).loss
+        base_logits = model(long).logits
+        lazyllm.patch(model, SCHEDULE)
+        out_short = model.generate(short, max_new_tokens=8, do_sample=False)
+        short_stats = lazyllm.stats(model)
+        loss = model(long, labels=long).loss
+        loss_stats = lazyllm.stats(model)
+        logits = model(long).logits  # logits_to_keep=0: every position
+        logits_stats = lazyllm.stats(model)
+    assert torch.equal(out_short, base_short)
+    assert not short_stats.pruned and "min_prompt_tokens=64" in short_stats.fallback_reason
+    assert short_stats.prefill_token_fraction == 1.0 and short_stats.decode_steps == 7
+    assert torch.equal(loss, base_loss) and "labels" in loss_stats.fallback_reason
+    assert torch.equal(logits, base_logits) and "logits_to_keep" in logits_stats.fallback_reason
+
+
+def test_hidden_states_request_falls_back_in_prefill():
+    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+    with torch.inference_mode():
+        out = model(random_ids(200), output_hidden_states=True, logits_to_keep=1)
+    assert len(out.hidden_states) == 7 and "output_hidden_states" in lazyllm.stats(model).fallback_reason
+
+
+def test_unsupported_models_and_backends_are_refused_at_patch_time():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100))
+    with pytest.raises(lazyllm.UnsupportedModelError, match="LlamaForCausalLM"):
+        lazyllm.patch(gpt2)
+    model = tiny_llama("gqa")
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(lazyllm.UnsupportedModelError, match="sdpa"):
+        lazyllm.patch(model)
+    assert not lazyllm.is_patched(model)
+    with pytest.raises(lazyllm.UnsupportedModelError, match="LlamaForCausalLM"):
+        lazyllm.patch(tiny_llama("gqa").model)  # the base model has no generate(): patch the causal LM
+
+
+def test_bad_configs_are_refused_at_patch_time():
+    model = tiny_llama("gqa")
+    with pytest.raises(lazyllm.ConfigError, match="below 6"):
+        lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(2, 6), keep_ratios=(0.5, 0.2)))
+    with pytest.raises(lazyllm.ConfigError, match="LazyConfig"):
+        lazyllm.patch(model, {"prune_layers": (2,)})
+    assert not lazyllm.is_patched(model)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(num_beams=2), "beam search"),
+        (dict(prefill_chunk_size=64), "prefill_chunk_size"),
+        (dict(cache_implementation="static"), "cache_implementation"),
+        (dict(prompt_lookup_num_tokens=3), "prompt-lookup"),
+    ],
+)
+def test_unsupported_generation_modes_fail_before_any_work(options, message):
+    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+    calls = []
+    model.model.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(lazyllm.UnsupportedGenerationError, match=message):
+        model.generate(random_ids(200), max_new_tokens=4, **options)
+    assert calls == [], "nothing ran before the error"
+
+
+def test_unsupported_caches_fail_with_a_clear_error():
+    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+    static = StaticCache(config=model.config, max_cache_len=300)
+    with pytest.raises(lazyllm.UnsupportedCacheError, match="DynamicCache"):
+        model.generate(random_ids(200), max_new_tokens=4, past_key_values=static)
+    with pytest.raises(lazyllm.UnsupportedCacheError, match="offloading"):
+        model(random_ids(200), past_key_values=DynamicCache(config=model.config, offloading=True), logits_to_keep=1)
+
+
+def test_calls_a_pruned_cache_cannot_serve_raise():
+    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+    ids = random_ids(200, batch=2)
+    right_padded = torch.ones_like(ids)
+    right_padded[0, -10:] = 0
+    with torch.inference_mode():
+        with pytest.raises(lazyllm.UnsupportedCallError, match="left padding"):
+            model(ids, attention_mask=right_padded, logits_to_keep=1)
+        cache = DynamicCache(config=model.config)
+        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        with pytest.raises(lazyllm.UnsupportedCallError, match="one token per call"):
+            model(ids[:, :3], past_key_values=cache, use_cache=True)
+        with pytest.raises(lazyllm.UnsupportedCallError, match="output_attentions"):
+            model(ids[:, :1], past_key_values=cache, use_cache=True, output_attentions=True)
+        model.config._attn_implementation = "flex_attention"
+        with pytest.raises(lazyllm.UnsupportedModelError, match="sdpa"):
+            model(ids, logits_to_keep=1)
+
+
+def test_stats_of_an_unpatched_model_is_an_error():
+    with pytest.raises(ValueError, match="lazyllm.patch"):
+        lazyllm.stats(tiny_llama("gqa"))
+
+
+def test_static_pruning_and_random_selection_run():
+    """The benchmark's rivals: a single early cut without revival, and random token drop."""
+    ids = random_ids(240)
+    model = tiny_llama("gqa")
+    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(1,), keep_ratios=(0.3,), min_prompt_tokens=0, revive=False))
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=10, do_sample=False)
+    static = lazyllm.stats(model)
+    assert static.revived_tokens == 0 and static.aux_cache_tokens == 0 and static.kept_per_layer[1:] == [72] * 5
+    lazyllm.patch(
+        model, lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0, selection="random")
+    )
+    with torch.inference_mode():
+        first = model.generate(ids, max_new_tokens=10, do_sample=False)
+        second = model.generate(ids, max_new_tokens=10, do_sample=False)
+    assert torch.equal(first, second), "random selection is seeded"
+    assert lazyllm.stats(model).kept_per_layer == [240, 240, 120, 120, 48, 48]

@@ -1,0 +1,67 @@
+import pytest
+
+from lazyllm import PRESETS, ConfigError, LazyConfig
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prune_layers=(4, 8), keep_ratios=(0.5,)), "one keep ratio per pruning layer"),
+        (dict(prune_layers=(0,), keep_ratios=(0.5,)), ">= 1"),
+        (dict(prune_layers=(8, 4), keep_ratios=(0.5, 0.3)), "strictly increasing"),
+        (dict(prune_layers=(4, 4), keep_ratios=(0.5, 0.3)), "strictly increasing"),
+        (dict(prune_layers=(4.0,), keep_ratios=(0.5,)), "integers"),
+        (dict(prune_layers=(4,), keep_ratios=(0.0,)), "(0, 1]"),
+        (dict(prune_layers=(4,), keep_ratios=(1.5,)), "(0, 1]"),
+        (dict(prune_layers=(4,), keep_ratios=(float("nan"),)), "(0, 1]"),
+        (dict(prune_layers=(4, 8), keep_ratios=(0.3, 0.5)), "must not increase"),
+        (dict(min_prompt_tokens=-1), "min_prompt_tokens"),
+        (dict(min_prompt_tokens=1.5), "min_prompt_tokens"),
+        (dict(revive="yes"), "revive"),
+        (dict(selection="topk"), "selection"),
+    ],
+)
+def test_bad_values_are_refused_with_a_hint(kwargs, message):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
+        LazyConfig(**kwargs)
+
+
+def test_depth_is_checked():
+    with pytest.raises(ConfigError, match="below 30"):
+        LazyConfig(prune_layers=(10, 30), keep_ratios=(0.5, 0.3)).check_depth(30)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("depth", [2, 4, 6, 12, 22, 30, 32, 40, 80])
+def test_presets_fit_every_depth(name, depth):
+    config = LazyConfig.preset(name, depth)
+    config.check_depth(depth)
+    assert config.prune_layers and all(1 <= layer < depth for layer in config.prune_layers)
+
+
+def test_preset_places_cuts_by_depth_fraction():
+    config = LazyConfig.preset("conservative", 30)
+    assert config.prune_layers == (9, 18, 27)
+    assert config.keep_ratios == (0.7, 0.5, 0.3)
+    assert LazyConfig.preset("off", 30).prune_layers == ()
+
+
+def test_parse_round_trips_and_rejects_garbage():
+    config = LazyConfig.parse("8:0.5,16:0.3,24:0.1", 30)
+    assert config.prune_layers == (8, 16, 24) and config.keep_ratios == (0.5, 0.3, 0.1)
+    assert LazyConfig.parse(config.describe(), 30) == config
+    assert LazyConfig.parse("default", 30) == LazyConfig.preset("default", 30)
+    for bad in ["8-0.5", "eight:0.5", "8:half", "", "fastest"]:
+        with pytest.raises(ConfigError, match="layer:keep"):
+            LazyConfig.parse(bad, 30)
+    with pytest.raises(ConfigError, match="below 30"):
+        LazyConfig.parse("8:0.5,31:0.2", 30)
+
+
+def test_keep_counts_round_up_and_spare_short_prompts():
+    config = LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.1), min_prompt_tokens=100)
+    assert config.keep_counts(1001) == [501, 101]
+    assert config.keep_counts(99) == [99, 99]
+    assert LazyConfig(prune_layers=(2,), keep_ratios=(0.001,), min_prompt_tokens=0).keep_counts(10) == [1]

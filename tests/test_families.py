@@ -1,0 +1,54 @@
+"""Other Llama-like families: each is one adapter entry; keep-all must still reproduce the baseline exactly."""
+
+import pytest
+import torch
+from conftest import random_ids
+from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+import lazyllm
+
+SMALL = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    attn_implementation="sdpa",
+)
+FAMILIES = {
+    "mistral": (MistralForCausalLM, MistralConfig, dict(sliding_window=None)),
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config, dict(use_sliding_window=False)),
+    "qwen3": (Qwen3ForCausalLM, Qwen3Config, dict(head_dim=16, use_sliding_window=False)),
+}
+
+
+def build(family: str, **overrides) -> torch.nn.Module:
+    model_class, config_class, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    return model_class(config_class(**{**SMALL, **extra, **overrides})).eval()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_keep_all_is_exact_and_pruning_runs(family):
+    model = build(family)
+    ids = random_ids(180)
+    with torch.inference_mode():
+        base_logits = model(ids).logits[:, -1]
+        base_text = model.generate(ids, max_new_tokens=24, do_sample=False)
+        lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(1.0, 1.0), min_prompt_tokens=0))
+        logits = model(ids, logits_to_keep=1).logits[:, -1]
+        text = model.generate(ids, max_new_tokens=24, do_sample=False)
+        assert lazyllm.stats(model).pruned
+        lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0))
+        model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert (logits - base_logits).abs().max().item() < 1e-5
+    assert torch.equal(text, base_text)
+    stats = lazyllm.stats(model)
+    assert stats.kept_per_layer == [180, 180, 90, 90, 36, 36] and stats.recomputed_token_layers == 0
+
+
+def test_sliding_window_attention_is_refused():
+    with pytest.raises(lazyllm.UnsupportedModelError, match="sliding"):
+        lazyllm.patch(build("mistral", sliding_window=64))
