@@ -82,8 +82,8 @@ def fallback_reason(runtime: LazyRuntime, base: nn.Module, call: dict[str, Any],
     cache = call["past_key_values"]
     if cache is not None and cache.get_seq_length() > 0:
         return "the cache holds tokens of an unpruned call"
-    if runtime.full_sequence:
-        return "logits of every position were requested (labels, or logits_to_keep != 1)"
+    if not runtime.last_token_only:
+        return "outputs of every position were requested (labels, logits_to_keep != 1, or a call of the base model)"
     if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         return "output_attentions / output_hidden_states were requested"
     if base.training:

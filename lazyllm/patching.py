@@ -44,7 +44,7 @@ class LazyRuntime:
         self.states: weakref.WeakKeyDictionary[Cache, LazyState] = weakref.WeakKeyDictionary()
         self.stats = LazyStats()
         self.last_state: LazyState | None = None  # kept until generate() ends, for its self-check
-        self.full_sequence = False  # set by the causal-LM forward for the call under way
+        self.last_token_only = False  # set by the causal-LM forward when its caller needs the last logits only
         self.capturing = False  # the query hooks record only during a pruned forward
         self.captured: dict[int, torch.Tensor] = {}  # layer -> (B, 1, ...) last token's query before RoPE
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -107,11 +107,11 @@ class LazyRuntime:
         def forward(*args: Any, **kwargs: Any) -> Any:
             arguments = signature.bind_partial(*args, **kwargs).arguments
             keep = arguments.get("logits_to_keep", 0)
-            self.full_sequence = arguments.get("labels") is not None or not (isinstance(keep, int) and keep == 1)
+            self.last_token_only = arguments.get("labels") is None and isinstance(keep, int) and keep == 1
             try:
                 return original(*args, **kwargs)
             finally:
-                self.full_sequence = False
+                self.last_token_only = False
 
         return forward
 

@@ -100,6 +100,16 @@ def test_short_prompts_and_full_sequence_calls_fall_back_exactly():
     assert torch.equal(logits, base_logits) and "logits_to_keep" in logits_stats.fallback_reason
 
 
+def test_base_model_calls_fall_back_to_every_position():
+    model = tiny_llama("gqa")
+    ids = random_ids(200)
+    with torch.inference_mode():
+        expected = model.model(ids).last_hidden_state
+        lazyllm.patch(model, SCHEDULE)
+        hidden = model.model(ids).last_hidden_state
+    assert torch.equal(hidden, expected) and "base model" in lazyllm.stats(model).fallback_reason
+
+
 def test_hidden_states_request_falls_back_in_prefill():
     model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
     with torch.inference_mode():
