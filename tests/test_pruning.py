@@ -228,3 +228,25 @@ def test_smollm2_default_schedule_stays_close_to_baseline(smollm2, long_prompt_i
     assert kl < 0.06 and overlap >= 4
     assert base.argmax() == out.argmax()
     assert answer in tokenizer.decode(text[0, ids.shape[1] :])
+
+
+@pytest.mark.parametrize("shape", ["mha", "gqa"])
+def test_scores_are_the_last_rows_of_the_attention_maps(shape, monkeypatch):
+    """Eq. 1: the score is the last token's attention probability in the layer before the cut, mean over heads."""
+    model = tiny_llama(shape, "eager")
+    ids = random_ids(100)
+    with torch.inference_mode():
+        maps = model(ids, output_attentions=True).attentions  # per layer (B, H, N, N)
+    seen = {}
+    score = lazyllm.forward.last_token_attention
+
+    def spy(*args):
+        seen["scores"] = score(*args)
+        return seen["scores"]
+
+    monkeypatch.setattr(lazyllm.forward, "last_token_attention", spy)
+    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0))
+    with torch.inference_mode():
+        model(ids, logits_to_keep=1)
+    expected = maps[2][:, :, -1].mean(dim=1)
+    assert (seen["scores"] - expected).abs().max().item() < 1e-6
