@@ -1,0 +1,1 @@
+"""Benchmark helpers: RULER-style long-context tasks and scoring."""

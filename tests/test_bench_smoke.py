@@ -1,0 +1,194 @@
+"""The benchmark rig's smoke profile: a tiny random-weight Llama through every code path that needs no real data.
+
+Runs `python -m lazyllm.bench.run --profile smoke --no-kvpress` in-process (< 60 s on 2 CPU cores) and checks that
+the JSON, the markdown report and both plots exist and hold sane numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lazyllm.bench import timing
+from lazyllm.bench.run import (
+    BASELINE,
+    PROFILES,
+    RIVALS,
+    analytic_kept,
+    build_configs,
+    choose_default,
+    main,
+    token_fraction,
+)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    assert main(["--profile", "smoke", "--out", str(out), "--no-kvpress"]) == 0
+    assert torch.get_num_threads() == threads  # the rig restores the caller's thread count
+    results = json.loads((out / "smoke.json").read_text())
+    report = (out / "smoke.md").read_text()
+    return out, results, report
+
+
+def test_files_exist(smoke: tuple[Path, dict, str]) -> None:
+    out, _, _ = smoke
+    for name in ("smoke.json", "smoke.md", "smoke_ttft.png", "smoke_frontier.png"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    assert (out / "smoke_ttft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "smoke_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_machine_and_profile_recorded(smoke: tuple[Path, dict, str]) -> None:
+    _, results, _ = smoke
+    machine = results["machine"]
+    for key in ("cpu", "cores", "torch", "transformers", "device", "date", "torch_threads"):
+        assert machine[key], key
+    assert machine["device"] == "cpu"
+    assert results["profile"]["name"] == "smoke"
+    assert results["kvpress"]["status"] == "skipped"
+    assert results["elapsed_s"] > 0
+
+
+def test_speed_numbers_are_sane(smoke: tuple[Path, dict, str]) -> None:
+    _, results, _ = smoke
+    speed = results["speed"]
+    profile = PROFILES["smoke"]
+    assert {r["length"] for r in speed} == set(profile.timing_lengths)
+    for row in speed:
+        assert row["ttft_s"]["n"] == profile.repeats
+        assert row["ttft_s"]["median"] > 0
+        assert row["ttft_s"]["min"] <= row["ttft_s"]["median"] <= row["ttft_s"]["max"]
+        assert row["decode_ms_per_token"]["median"] > 0
+        assert row["speedup"]["median"] > 0
+        assert 0 < row["prefill_token_fraction"] <= 1
+        assert 0 < row["compute_bound"] <= 1
+        assert row["attention_share"] is None or 0 <= row["attention_share"] <= 1
+        assert row["kv_cache_bytes"] > 0
+        assert row["peak_memory_delta_bytes"] >= 0
+        if row["schedule"] == BASELINE:
+            assert row["prefill_token_fraction"] == 1.0
+            assert row["speedup"]["median"] == pytest.approx(1.0)
+        else:
+            assert row["pruned"], row  # smoke prompts are >= min_prompt_tokens
+            assert row["prefill_token_fraction"] < 1
+            assert row["compute_bound"] <= row["prefill_token_fraction"] + 1e-9
+
+
+def test_accuracy_and_fidelity_are_sane(smoke: tuple[Path, dict, str]) -> None:
+    _, results, _ = smoke
+    accuracy = results["accuracy"]
+    records = accuracy["records"]
+    assert records
+    schedules = {r["schedule"] for r in records}
+    assert BASELINE in schedules and "default" in schedules and set(RIVALS) <= schedules
+    for r in records:
+        assert 0 <= r["score"] <= 1
+        assert r["first_kl"] >= 0
+        assert 0 <= r["first_top5_overlap"] <= 1
+        assert 0 < r["prefill_token_fraction"] <= 1
+        assert 0 < r["prompt_token_fraction_total"] <= 1
+        assert r["recomputed_token_layers"] in (0, None)  # LazyLLM's promise: each token once per layer
+        if r["schedule"] == BASELINE:
+            assert r["answer_agree"] and r["first_token_agree"] and r["first_kl"] == pytest.approx(0.0, abs=1e-12)
+        if r["schedule"] in ("no-revival", "random-drop", "static-15%"):
+            assert r["revived_tokens"] == 0
+            assert r["prompt_token_fraction_total"] == pytest.approx(r["prefill_token_fraction"])
+    for name, f in accuracy["fidelity"].items():
+        for key in ("answer_agreement", "first_token_agreement", "first_top5_overlap"):
+            assert 0 <= f[key] <= 1, (name, key)
+    for row in accuracy["generation"]:
+        assert row["generation_speedup"] > 0 and row["ttft_speedup"] > 0
+        assert 0 < row["prompt_token_fraction_total"] <= 1
+    rule = results["default_rule"]
+    assert rule["checks"] and rule["reference_length"]
+    assert rule["chosen"] is None or rule["chosen"] in {c["schedule"] for c in rule["checks"] if c["passes"]}
+
+
+def test_report_has_the_tables(smoke: tuple[Path, dict, str]) -> None:
+    _, _, report = smoke
+    for heading in (
+        "## Machine",
+        "## 1. TTFT and decoding vs prompt length",
+        "## 2. Accuracy on the RULER-style tasks",
+        "### Fidelity to the baseline",
+        "## 3. Whole generation (the paper's Table 2)",
+        "## 4. kvpress at the same KV budget",
+        "## Frontier",
+        "## Default-schedule rule",
+    ):
+        assert heading in report, heading
+    assert "| length | schedule | tokens | TTFT s |" in report
+    assert "| default |" in report
+    assert "nan" not in report.lower()
+
+
+def test_rivals_match_the_default_budget() -> None:
+    configs = build_configs(30)
+    default = token_fraction(configs["default"], 30)
+    for name in RIVALS:
+        assert token_fraction(configs[name], 30) == pytest.approx(default, abs=0.01), name
+        assert configs[name].revive is False
+    assert configs["random-drop"].selection == "random"
+    assert configs["static-15%"].prune_layers[0] <= 6
+    assert analytic_kept(None, 4, 100) == [100] * 4
+
+
+def test_compute_bound_and_summaries() -> None:
+    assert timing.compute_bound([100, 100, 50, 50], 100, 0.0) == pytest.approx(0.75)
+    assert timing.compute_bound([100, 100, 50, 50], 100, 1.0) == pytest.approx((1 + 1 + 0.25 + 0.25) / 4)
+    summary = timing.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert summary["median"] == 3.0 and summary["min"] == 1.0 and summary["max"] == 5.0 and summary["n"] == 5
+    assert math.isnan(timing.summarize([])["median"])
+
+
+def test_choose_default_rule() -> None:
+    def speed(schedule: str, label: str, value: float) -> dict:
+        return {
+            "schedule": schedule,
+            "label": label,
+            "length": {"4k": 4096, "8k": 8160}[label],
+            "speedup": {"median": value},
+        }
+
+    speed_rows = [
+        speed("fast", "4k", 3.0),
+        speed("safe", "4k", 1.5),
+        speed("fast", "8k", 3.5),
+        speed("safe", "8k", 1.8),
+    ]
+    records = []
+    for i in range(4):
+        common = {
+            "task": "niah_single",
+            "length": 4096,
+            "label": "4k",
+            "id": f"s{i}",
+            "first_kl": 0.0,
+            "first_top5_overlap": 1.0,
+            "prefill_token_fraction": 0.5,
+            "prompt_token_fraction_total": 0.5,
+            "recomputed_token_layers": 0,
+        }
+        records.append({**common, "schedule": BASELINE, "score": 1.0, "answer_agree": True, "first_token_agree": True})
+        records.append({**common, "schedule": "safe", "score": 1.0, "answer_agree": True, "first_token_agree": True})
+        records.append(
+            {
+                **common,
+                "schedule": "fast",
+                "score": 0.0 if i == 0 else 1.0,
+                "answer_agree": i != 0,
+                "first_token_agree": True,
+            }
+        )
+    rule = choose_default(speed_rows, records, candidates=("fast", "safe"))
+    assert rule["chosen"] == "safe"  # "fast" loses 25 points on a cell where the baseline works
+    assert rule["targets"]["4k"]["reached_by"] == ["fast"]
+    assert rule["targets"]["4k"]["reached_with_fidelity_by"] == []
