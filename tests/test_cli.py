@@ -215,6 +215,6 @@ def test_demo_on_smollm2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "SmolLM2-135M-Instruct (30 layers" in out
-    assert "schedule:  8:0.5,15:0.3,22:0.15 (min_prompt_tokens=512)" in out
+    assert "schedule:  18:0.5,24:0.2 (min_prompt_tokens=512)" in out
     assert "expected:  " in out and "speedup" in out
     assert "prefill: pruned" in out and "prefill_token_fraction: 0.49" in out

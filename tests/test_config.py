@@ -42,9 +42,12 @@ def test_presets_fit_every_depth(name, depth):
 
 
 def test_preset_places_cuts_by_depth_fraction():
-    config = LazyConfig.preset("conservative", 30)
-    assert config.prune_layers == (9, 18, 27)
-    assert config.keep_ratios == (0.7, 0.5, 0.3)
+    config = LazyConfig.preset("default", 30)
+    assert config.prune_layers == (18, 24)
+    assert config.keep_ratios == (0.5, 0.2)
+    config = LazyConfig.preset("aggressive", 32)
+    assert config.prune_layers == (8, 16, 24)
+    assert config.keep_ratios == (0.5, 0.3, 0.15)
     assert LazyConfig.preset("off", 30).prune_layers == ()
 
 

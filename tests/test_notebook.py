@@ -54,7 +54,7 @@ def test_quickstart_notebook_runs_on_a_tiny_model(monkeypatch: pytest.MonkeyPatc
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert "LlamaForCausalLM: 8 layers, prompt of 1024 tokens" in text
-    assert "prefill: pruned, schedule 2:0.5,4:0.3,6:0.15" in text
+    assert "prefill: pruned, schedule 5:0.5,6:0.2" in text
     assert "patched: False | same answer as the baseline: True" in text
 
     plot_cells = [cell for cell in code if "kept_per_layer" in cell.source and "plt" in cell.source]

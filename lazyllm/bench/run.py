@@ -58,7 +58,7 @@ HANDPICKED: dict[str, tuple[tuple[float, float], ...]] = {
     "paper-30/60/90": ((0.3, 0.5), (0.6, 0.25), (0.9, 0.1)),  # the paper's figure layout: first third unpruned
     "single-50%": ((0.5, 0.25),),  # one cut at half depth
     "single-25%": ((0.25, 0.4),),  # one cut at a quarter depth
-    "late-60/80%": ((0.6, 0.5), (0.8, 0.2)),  # the first 60% of depth sees everything (gentle on small models)
+    "early-15/30/50%": ((0.15, 0.4), (0.3, 0.2), (0.5, 0.1)),  # the speed end of the sweep: half the depth prunes
 }
 # Rivals, all at the budget (prefill token fraction) of the "default" schedule:
 RIVALS = ("random-drop", "static-15%", "no-revival")
@@ -103,7 +103,7 @@ class Profile:
 
 
 PRESET_NAMES = ("conservative", "default", "aggressive")
-ALL_SCHEDULES = (*PRESET_NAMES, "late-60/80%", "paper-30/60/90", "single-50%", "single-25%")  # priority order
+ALL_SCHEDULES = (*PRESET_NAMES, "paper-30/60/90", "single-50%", "single-25%", "early-15/30/50%")  # priority order
 LENGTH_8K = 8192 - 32  # SmolLM2 has 8192 positions: leave room for the generated tokens
 
 PROFILES: dict[str, Profile] = {
@@ -128,19 +128,19 @@ PROFILES: dict[str, Profile] = {
         description="SmolLM2-135M, TTFT at 1k/4k for the presets and one late schedule, accuracy at 1k (2 samples per task)",
         tiny=False,
         timing_lengths=(1024, 4096),
-        timing_schedules=("default", "aggressive", "late-60/80%", "conservative"),
+        timing_schedules=("default", "aggressive", "conservative"),
         repeats=5,
         warmup=0,
         decode_tokens=8,
         accuracy_lengths=(1024,),
-        accuracy_schedules=(*PRESET_NAMES, "late-60/80%", *RIVALS),
+        accuracy_schedules=(*PRESET_NAMES, *RIVALS),
         depths=(0.3, 0.7),
         n_per_depth=1,
         max_new_tokens=16,
         kvpress_lengths=(1024,),
         budget_s=600.0,
-        timing_core=("default", "aggressive", "late-60/80%"),
-        accuracy_core=("default", "aggressive", "late-60/80%", *RIVALS),
+        timing_core=("default", "aggressive", "conservative"),
+        accuracy_core=("default", "aggressive", "conservative", *RIVALS),
     ),
     "full": Profile(
         name="full",
@@ -151,9 +151,9 @@ PROFILES: dict[str, Profile] = {
         timing_schedules=(
             "default",
             "aggressive",
-            "late-60/80%",
             "conservative",
             "paper-30/60/90",
+            "early-15/30/50%",
             "static-15%",
             "random-drop",
             "single-50%",
@@ -169,13 +169,13 @@ PROFILES: dict[str, Profile] = {
         max_new_tokens=20,
         kvpress_lengths=(1024, 2048, 4096),
         accuracy_overrides={
-            2048: ((0.1, 0.5, 0.9), (*PRESET_NAMES, "late-60/80%", *RIVALS)),
-            4096: ((0.1, 0.5, 0.9), (*PRESET_NAMES, "late-60/80%", *RIVALS)),
-            LENGTH_8K: ((0.5,), ("default", "aggressive", "late-60/80%", *RIVALS)),
+            2048: ((0.1, 0.5, 0.9), (*PRESET_NAMES, *RIVALS)),
+            4096: ((0.1, 0.5, 0.9), (*PRESET_NAMES, *RIVALS)),
+            LENGTH_8K: ((0.5,), ("default", "aggressive", "conservative", *RIVALS)),
         },
         budget_s=3000.0,
-        timing_core=("default", "aggressive", "late-60/80%"),
-        accuracy_core=("default", "aggressive", "late-60/80%", *RIVALS),
+        timing_core=("default", "aggressive", "conservative"),
+        accuracy_core=("default", "aggressive", "conservative", *RIVALS),
     ),
 }
 
