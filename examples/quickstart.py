@@ -13,8 +13,8 @@ from lazyllm.models import load_smollm2
 
 model, tokenizer = load_smollm2()  # converted from the packaged GGUF once (~40 s), then cached
 
-# A SQuAD paragraph hidden among Paul Graham essays, ~2,000 tokens once in the chat template.
-text, expected = long_document_question(tokenizer, length=2000)
+# A SQuAD paragraph hidden among Paul Graham essays, ~2,100 tokens once in the chat template.
+text, expected = long_document_question(tokenizer, length=2100)
 inputs = tokenizer(chat_prompt(tokenizer, text), return_tensors="pt")
 
 lazyllm.patch(model)  # the "default" schedule; or lazyllm.LazyConfig.parse("8:0.5,16:0.3,24:0.1", 30)

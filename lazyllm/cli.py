@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS
+
 PROG = "lazyllm"
 EXIT_USAGE = 2
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -297,7 +299,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import transformers
 
     import lazyllm
-    from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, LazyConfig
+    from lazyllm.config import LazyConfig
     from lazyllm.families import FAMILIES, SUPPORTED_ATTENTION
     from lazyllm.models import SMOLLM2_CACHE_NAME, default_cache_dir
 
@@ -340,7 +342,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="prompts shorter than this are not pruned (default: lazyllm's, 512)",
+        help=f"prompts shorter than this are not pruned (default: lazyllm's, {DEFAULT_MIN_PROMPT_TOKENS})",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (default: the checkpoint's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")

@@ -53,7 +53,7 @@ def test_quickstart_notebook_runs_on_a_tiny_model(monkeypatch: pytest.MonkeyPatc
     outputs = [output for cell in code for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
-    assert "LlamaForCausalLM: 8 layers, prompt of 1024 tokens" in text
+    assert "LlamaForCausalLM: 8 layers, prompt of 2100 tokens" in text
     assert "prefill: pruned, schedule 5:0.5,6:0.2" in text
     assert "patched: False | same answer as the baseline: True" in text
 

@@ -299,24 +299,35 @@ class Budget:
         tqdm.write(f"budget: {message}")
 
 
+ALL_LENGTHS: dict[str, Any] = {"min_prompt_tokens": 0}  # the rig measures pruning itself at every length
+
+
 def build_configs(num_layers: int) -> dict[str, LazyConfig | None]:
-    """Every schedule and rival by name; `None` is the unpatched baseline."""
+    """Every schedule and rival by name (pruning at every prompt length); `None` is the unpatched baseline."""
     configs: dict[str, LazyConfig | None] = {BASELINE: None}
     for name in PRESET_NAMES:
-        configs[name] = LazyConfig.preset(name, num_layers)
+        configs[name] = LazyConfig.preset(name, num_layers, **ALL_LENGTHS)
     for name, schedule in HANDPICKED.items():
-        configs[name] = place(schedule, num_layers)
+        configs[name] = place(schedule, num_layers, **ALL_LENGTHS)
     default = configs["default"]
     assert default is not None
     configs["random-drop"] = LazyConfig(
-        prune_layers=default.prune_layers, keep_ratios=default.keep_ratios, selection="random", revive=False
+        prune_layers=default.prune_layers,
+        keep_ratios=default.keep_ratios,
+        selection="random",
+        revive=False,
+        **ALL_LENGTHS,
     )
     static_layer = min(max(round(0.15 * num_layers), 1), num_layers - 1)
     # One cut at `static_layer` with the same prefill budget: static_layer + (L - static_layer) * k = f * L.
     budget = token_fraction(default, num_layers) * num_layers
     keep = min(max((budget - static_layer) / (num_layers - static_layer), 0.01), 1.0)
-    configs["static-15%"] = LazyConfig(prune_layers=(static_layer,), keep_ratios=(round(keep, 4),), revive=False)
-    configs["no-revival"] = LazyConfig(prune_layers=default.prune_layers, keep_ratios=default.keep_ratios, revive=False)
+    configs["static-15%"] = LazyConfig(
+        prune_layers=(static_layer,), keep_ratios=(round(keep, 4),), revive=False, **ALL_LENGTHS
+    )
+    configs["no-revival"] = LazyConfig(
+        prune_layers=default.prune_layers, keep_ratios=default.keep_ratios, revive=False, **ALL_LENGTHS
+    )
     return configs
 
 
