@@ -334,7 +334,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--schedule",
         default="default",
-        help="a preset (off, default, conservative, aggressive) or 'layer:keep,...' such as '8:0.5,16:0.3,24:0.1' "
+        help="a preset (off, default, balanced, aggressive) or 'layer:keep,...' such as '8:0.5,16:0.3,24:0.1' "
         "(default: %(default)s)",
     )
     parser.add_argument(

@@ -17,6 +17,7 @@ from tokenizers.pre_tokenizers import Whitespace
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from lazyllm.cli import main
+from lazyllm.config import LazyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 256
@@ -118,8 +119,12 @@ def test_generate_prints_answer_and_stats(
     assert status == 0, captured.err
     answer, _, report = captured.out.partition("--- lazyllm stats")
     assert len(answer.split()) == 5 and all(word.startswith("w") or word == "<unk>" for word in answer.split())
-    assert "prefill: pruned, schedule 2:0.5,3:0.3,4:0.15" in report
-    assert "kept per layer: 300 300 150 90 45 45" in report
+    default = LazyConfig.preset("default", 6, min_prompt_tokens=64)
+    kept = [300] * 6
+    for cut, count in zip(default.prune_layers, default.keep_counts(300)):
+        kept[cut:] = [count] * (6 - cut)
+    assert f"prefill: pruned, schedule {default.describe()}" in report
+    assert "kept per layer: " + " ".join(map(str, kept)) in report
     assert "plain text" in captured.err
 
 
@@ -199,7 +204,7 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_dir: Path, capsys: pytest.CaptureF
     out = captured.out
     for label in ("question:", "expected:", "baseline answer:", "lazyllm answer:", "speedup", "prefill_token_fraction"):
         assert label in out
-    assert "schedule:  2:0.5,3:0.3,4:0.15" in out
+    assert f"schedule:  {LazyConfig.preset('default', 6).describe()}" in out
     assert "prefill: pruned" in out
 
 
@@ -216,6 +221,6 @@ def test_demo_on_smollm2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "SmolLM2-135M-Instruct (30 layers" in out
-    assert "schedule:  18:0.5,24:0.2 (min_prompt_tokens=0)" in out
+    assert f"schedule:  {LazyConfig.preset('default', 30).describe()} (min_prompt_tokens=0)" in out
     assert "expected:  " in out and "speedup" in out
-    assert "prefill: pruned" in out and "prefill_token_fraction: 0.74" in out
+    assert "prefill: pruned" in out and "prefill_token_fraction: 0.90" in out

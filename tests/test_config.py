@@ -42,7 +42,7 @@ def test_presets_fit_every_depth(name, depth):
 
 
 def test_preset_places_cuts_by_depth_fraction():
-    config = LazyConfig.preset("default", 30)
+    config = LazyConfig.preset("balanced", 30)
     assert config.prune_layers == (18, 24)
     assert config.keep_ratios == (0.5, 0.2)
     config = LazyConfig.preset("aggressive", 32)

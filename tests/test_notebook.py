@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import lazyllm
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -54,7 +56,7 @@ def test_quickstart_notebook_runs_on_a_tiny_model(monkeypatch: pytest.MonkeyPatc
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert "LlamaForCausalLM: 8 layers, prompt of 2100 tokens" in text
-    assert "prefill: pruned, schedule 5:0.5,6:0.2" in text
+    assert f"prefill: pruned, schedule {lazyllm.LazyConfig.preset('default', 8).describe()}" in text
     assert "patched: False | same answer as the baseline: True" in text
 
     plot_cells = [cell for cell in code if "kept_per_layer" in cell.source and "plt" in cell.source]

@@ -211,8 +211,9 @@ def test_sampling_and_streamer_work():
 
 
 def test_smollm2_default_schedule_stays_close_to_baseline(smollm2, long_prompt_ids):
-    """Fidelity on real text. Measured on this prompt (2026-11, CPU fp32): KL 0.0034, top-5 overlap 5/5, same greedy
-    answer, prefill token fraction 0.74. The KL bound leaves a 4x margin; the aggressive preset measured KL 0.046."""
+    """Fidelity on real text. Measured on this prompt (2026-11, CPU fp32): KL 0.0001, top-5 overlap 5/5, same greedy
+    answer, prefill token fraction 0.90. The KL bound 0.005 leaves a 50x margin and still
+    fails the aggressive preset (KL 0.046)."""
     model, tokenizer = smollm2
     ids, answer = long_prompt_ids
     with torch.inference_mode():
@@ -224,8 +225,8 @@ def test_smollm2_default_schedule_stays_close_to_baseline(smollm2, long_prompt_i
     log_p, log_q = base.log_softmax(-1), out.log_softmax(-1)
     kl = (log_p.exp() * (log_p - log_q)).sum().item()
     overlap = len(set(base.topk(5).indices.tolist()) & set(out.topk(5).indices.tolist()))
-    assert stats.pruned and stats.prefill_token_fraction < 0.8
-    assert kl < 0.015 and overlap >= 4
+    assert stats.pruned and stats.prefill_token_fraction < 0.95
+    assert kl < 0.005 and overlap >= 4
     assert base.argmax() == out.argmax()
     assert answer in tokenizer.decode(text[0, ids.shape[1] :])
 

@@ -102,7 +102,7 @@ class Profile:
     """Per accuracy length: (depths, schedules) replacing the defaults there (fewer samples at 8k)."""
 
 
-PRESET_NAMES = ("conservative", "default", "aggressive")
+PRESET_NAMES = ("default", "balanced", "aggressive")
 ALL_SCHEDULES = (*PRESET_NAMES, "paper-30/60/90", "single-50%", "single-25%", "early-15/30/50%")  # priority order
 LENGTH_8K = 8192 - 32  # SmolLM2 has 8192 positions: leave room for the generated tokens
 
@@ -128,7 +128,7 @@ PROFILES: dict[str, Profile] = {
         description="SmolLM2-135M, TTFT at 1k/4k for the presets and one late schedule, accuracy at 1k (2 samples per task)",
         tiny=False,
         timing_lengths=(1024, 4096),
-        timing_schedules=("default", "aggressive", "conservative"),
+        timing_schedules=("default", "aggressive", "balanced"),
         repeats=5,
         warmup=0,
         decode_tokens=8,
@@ -139,8 +139,8 @@ PROFILES: dict[str, Profile] = {
         max_new_tokens=16,
         kvpress_lengths=(1024,),
         budget_s=600.0,
-        timing_core=("default", "aggressive", "conservative"),
-        accuracy_core=("default", "aggressive", "conservative", *RIVALS),
+        timing_core=("default", "aggressive", "balanced"),
+        accuracy_core=("default", "aggressive", "balanced", *RIVALS),
     ),
     "full": Profile(
         name="full",
@@ -151,7 +151,7 @@ PROFILES: dict[str, Profile] = {
         timing_schedules=(
             "default",
             "aggressive",
-            "conservative",
+            "balanced",
             "paper-30/60/90",
             "early-15/30/50%",
             "static-15%",
@@ -171,11 +171,11 @@ PROFILES: dict[str, Profile] = {
         accuracy_overrides={
             2048: ((0.1, 0.5, 0.9), (*PRESET_NAMES, *RIVALS)),
             4096: ((0.1, 0.5, 0.9), (*PRESET_NAMES, *RIVALS)),
-            LENGTH_8K: ((0.5,), ("default", "aggressive", "conservative", *RIVALS)),
+            LENGTH_8K: ((0.5,), ("default", "aggressive", "balanced", *RIVALS)),
         },
         budget_s=3000.0,
-        timing_core=("default", "aggressive", "conservative"),
-        accuracy_core=("default", "aggressive", "conservative", *RIVALS),
+        timing_core=("default", "aggressive", "balanced"),
+        accuracy_core=("default", "aggressive", "balanced", *RIVALS),
     ),
 }
 
@@ -188,16 +188,6 @@ def length_label(tokens: int) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Schedules and rivals
 # ----------------------------------------------------------------------------------------------------------------
-def place(schedule: Sequence[tuple[float, float]], num_layers: int, **overrides: Any) -> LazyConfig:
-    """A (fraction of depth, keep) schedule on a model of `num_layers` layers, as `LazyConfig.preset` places presets."""
-    placed: dict[int, float] = {}
-    for fraction, ratio in schedule:
-        layer = min(max(round(fraction * num_layers), 1), num_layers - 1)
-        placed[layer] = min(ratio, placed.get(layer, 1.0))
-    layers = tuple(sorted(placed))
-    return LazyConfig(prune_layers=layers, keep_ratios=tuple(placed[x] for x in layers), **overrides)
-
-
 def analytic_kept(config: LazyConfig | None, num_layers: int, tokens: int) -> list[int]:
     """Tokens each layer computes in the prefill of a `tokens`-token prompt under `config` (None: all of them)."""
     if config is None:
@@ -308,7 +298,7 @@ def build_configs(num_layers: int) -> dict[str, LazyConfig | None]:
     for name in PRESET_NAMES:
         configs[name] = LazyConfig.preset(name, num_layers, **ALL_LENGTHS)
     for name, schedule in HANDPICKED.items():
-        configs[name] = place(schedule, num_layers, **ALL_LENGTHS)
+        configs[name] = LazyConfig.place(schedule, num_layers, **ALL_LENGTHS)
     default = configs["default"]
     assert default is not None
     configs["random-drop"] = LazyConfig(
