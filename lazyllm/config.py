@@ -20,8 +20,8 @@ PRESETS: dict[str, tuple[tuple[float, float], ...]] = {
     "aggressive": ((0.25, 0.5), (0.5, 0.3), (0.75, 0.15)),
 }
 
-# Below this many prompt tokens a row is not pruned. Measured (README, "Short prompts"): on CPU the default schedule
-# gains from 64 tokens up (SmolLM2, 1.30x at 512), but on an H100 the gain at 2k tokens was only 1.07x (Llama-2-7B
+# Below this many prompt tokens a row is not pruned. Measured (README, "Short prompts"): on CPU pruning gains from
+# 64 tokens up (SmolLM2, "balanced": 1.30x at 512), but on an H100 the gain at 2k tokens was only 1.07x (Llama-2-7B
 # shape) to 1.45x (Llama-3-8B shape), with kernel launches and re-selection a fixed cost that shorter prompts do not
 # repay (a 135M model gained nothing below 16k). GPUs are where users run: 2048, the shortest length where pruning
 # paid off on every platform measured. Lower it for CPU inference.
