@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
+from collections.abc import Callable
 
 import torch
 import transformers
 
 import lazyllm
-from lazyllm.bench.run import timing_prompt
-from lazyllm.bench.timing import timed_generate
+from lazyllm.bench import timing
+from lazyllm.bench.run import BASELINE, apply, describe, timing_prompt
 from lazyllm.models import load_smollm2
 
 
@@ -43,30 +43,31 @@ def main() -> None:
         "| prompt tokens | schedule | TTFT s median [min-max] | speedup (median of paired ratios) | prefill token fraction | decode ms/token median [min-max] |"
     )
     print("|---|---|---|---|---|---|")
+    fractions = {BASELINE: 1.0}  # of the last run of each schedule, at the length being measured
     for length in args.lengths:
         inputs, _ = timing_prompt(tokenizer, length, "cpu", False, 0)
-        runs: dict[str, list] = {name: [] for name in ["baseline", *args.schedules]}
-        fractions = {"baseline": 1.0}
-        for round_ in range(1 + args.repeats):
-            for name in runs:
-                lazyllm.unpatch(model)
-                if name != "baseline":
-                    lazyllm.patch(model, configs[name])
-                timing = timed_generate(model, inputs, args.decode_tokens, "cpu", force_length=True)
-                if name != "baseline":
+
+        def runner(name: str, inputs: dict[str, torch.Tensor] = inputs) -> Callable[[], timing.GenerationTiming]:
+            def run() -> timing.GenerationTiming:
+                apply(model, configs.get(name))
+                result = timing.timed_generate(model, inputs, args.decode_tokens, "cpu", force_length=True)
+                if name != BASELINE:
                     fractions[name] = lazyllm.stats(model).prefill_token_fraction
-                if round_ > 0:
-                    runs[name].append(timing)
-        lazyllm.unpatch(model)
-        base_ttft = [t.ttft_s for t in runs["baseline"]]
-        for name, timings in runs.items():
-            ttft = [t.ttft_s for t in timings]
-            decode = [t.decode_ms_per_token for t in timings]
-            ratio = statistics.median(b / s for b, s in zip(base_ttft, ttft))
+                return result
+
+            return run
+
+        measured = timing.interleaved({name: runner(name) for name in [BASELINE, *args.schedules]}, args.repeats)
+        apply(model, None)
+        base_ttft = [t.ttft_s for t in measured[BASELINE]]
+        for name, timings in measured.items():
+            ttft = timing.summarize([t.ttft_s for t in timings])
+            decode = timing.summarize([t.decode_ms_per_token for t in timings])
+            speedup = timing.ratio_summary(base_ttft, [t.ttft_s for t in timings])
             print(
-                f"| {inputs['input_ids'].shape[1]} | {name} ({configs[name].describe() if name in configs else 'unpruned'}) "
-                f"| {statistics.median(ttft):.3f} [{min(ttft):.3f}-{max(ttft):.3f}] | {ratio:.2f}x | {fractions[name]:.3f} "
-                f"| {statistics.median(decode):.1f} [{min(decode):.1f}-{max(decode):.1f}] |",
+                f"| {inputs['input_ids'].shape[1]} | {name} ({describe(configs.get(name))}) "
+                f"| {ttft['median']:.3f} [{ttft['min']:.3f}-{ttft['max']:.3f}] | {speedup['median']:.2f}x "
+                f"| {fractions[name]:.3f} | {decode['median']:.1f} [{decode['min']:.1f}-{decode['max']:.1f}] |",
                 flush=True,
             )
 

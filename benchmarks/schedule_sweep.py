@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import lazyllm
+from lazyllm.bench.run import first_token_figures
 from lazyllm.bench.tasks import TASKS, build_samples, chat_prompt
 from lazyllm.models import load_smollm2
 
@@ -39,19 +40,19 @@ def main() -> None:
     ]
     prompts = [tokenizer(chat_prompt(tokenizer, s, answer_prefix=True), return_tensors="pt").input_ids for s in samples]
     with torch.inference_mode():
-        baseline = [model(ids, logits_to_keep=1).logits[0, -1].float().log_softmax(-1) for ids in prompts]
+        baseline = [model(ids, logits_to_keep=1).logits[0, -1] for ids in prompts]
 
     rows = []
     for schedule in args.schedules.split(";"):
         config = lazyllm.LazyConfig.parse(schedule, model.config.num_hidden_layers, min_prompt_tokens=0)
         agree, kl, top5, fraction = [], [], [], []
         with lazyllm.patched(model, config), torch.inference_mode():
-            for ids, log_p in zip(prompts, baseline):
-                log_q = model(ids, logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
+            for ids, reference in zip(prompts, baseline):
+                figures = first_token_figures(reference, model(ids, logits_to_keep=1).logits[0, -1])
                 fraction.append(lazyllm.stats(model).prefill_token_fraction)
-                agree.append(float(log_p.argmax() == log_q.argmax()))
-                kl.append((log_p.exp() * (log_p - log_q)).sum().item())
-                top5.append(len(set(log_p.topk(5).indices.tolist()) & set(log_q.topk(5).indices.tolist())))
+                agree.append(float(figures["first_token_agree"]))
+                kl.append(figures["first_kl"])
+                top5.append(5 * figures["first_top5_overlap"])  # tokens shared by the two top-5 lists
         n = len(prompts)
         row = f"| `{config.describe()}` | {sum(fraction) / n:.3f} | {sum(agree):.0f}/{n} | {sum(kl) / n:.3f} | {max(kl):.3f} | {sum(top5) / n:.2f} |"
         print(row, flush=True)
