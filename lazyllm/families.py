@@ -1,7 +1,7 @@
 """Model-family adapters: the little that differs between Llama-like architectures.
 
 Every supported family has the Llama layout (`model.model.embed_tokens/layers/norm/rotary_emb`, decoder layers
-called as `layer(hidden, attention_mask=, position_ids=, past_key_values=, use_cache=, position_embeddings=)`).
+called as `layer(hidden, attention_mask=, position_ids=, cache= (or past_key_values=), use_cache=, position_embeddings=)`).
 What differs is where the query of a layer can be read before RoPE, and which RoPE function the family uses.
 Adding a family is one `FamilyAdapter(...)` entry in `FAMILIES`.
 """

@@ -22,6 +22,7 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from lazyllm.cache import AuxCache, LazyState, check_cache
+from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.families import check_attention_backend
 from lazyllm.scoring import last_token_attention, random_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
@@ -50,36 +51,40 @@ def lazy_forward(
     input_ids: torch.LongTensor | None = None,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.LongTensor | None = None,
-    past_key_values: DynamicCache | None = None,
     inputs_embeds: torch.Tensor | None = None,
     use_cache: bool | None = None,
     **kwargs: Any,
 ) -> BaseModelOutputWithPast:
-    """Drop-in replacement of the base model's `forward` (e.g. `LlamaModel.forward`)."""
+    """Drop-in replacement of the base model's `forward` (e.g. `LlamaModel.forward`).
+
+    The KV cache comes as `cache` (Transformers >= 5.24) or `past_key_values` (earlier releases).
+    """
+    cache = cache_argument(kwargs)
     check_attention_backend(base)
-    check_cache(past_key_values)
-    state = runtime.states.get(past_key_values) if past_key_values is not None else None
+    check_cache(cache)
+    state = runtime.states.get(cache) if cache is not None else None
     call = dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
+        cache=cache,
         inputs_embeds=inputs_embeds,
         use_cache=use_cache,
     )
-    if state is not None and past_key_values.get_seq_length() > 0:
+    if state is not None and cache.get_seq_length() > 0:
         check_decode_call(call, kwargs)
         return decode_step(runtime, base, state, **call)
     reason = fallback_reason(runtime, base, call, kwargs)
     if reason is not None:
         runtime.note_unpruned(reason, base, call)
-        return original_forward(**call, **kwargs)
+        original = {key: value for key, value in call.items() if key != "cache"}
+        return original_forward(**original, **{CACHE_KWARG: cache}, **kwargs)
     return prefill(runtime, base, **call)
 
 
 def fallback_reason(runtime: LazyRuntime, base: nn.Module, call: dict[str, Any], kwargs: dict[str, Any]) -> str | None:
     """Why this call should run the unpruned forward, or None when pruning can serve it."""
-    cache = call["past_key_values"]
+    cache = call["cache"]
     if cache is not None and cache.get_seq_length() > 0:
         return "the cache holds tokens of an unpruned call"
     if not runtime.last_token_only:
@@ -126,7 +131,7 @@ def prefill(
     input_ids: torch.LongTensor | None,
     attention_mask: torch.Tensor | None,
     position_ids: torch.LongTensor | None,
-    past_key_values: DynamicCache | None,
+    cache: DynamicCache | None,
     inputs_embeds: torch.Tensor | None,
     use_cache: bool | None,
 ) -> BaseModelOutputWithPast:
@@ -148,7 +153,7 @@ def prefill(
 
     lengths = real.sum(dim=1).tolist()
     keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
-    cache = past_key_values if past_key_values is not None else DynamicCache(config=base.config)
+    cache = cache if cache is not None else DynamicCache(config=base.config)
     generator = None
     if config.selection == "random":
         generator = torch.Generator(device=hidden.device).manual_seed(config.seed)
@@ -159,7 +164,7 @@ def prefill(
 
     last_hidden = run_layers(runtime, base, state, cache, Tokens(hidden, positions), prefill=True)
     use_cache = use_cache if use_cache is not None else base.config.use_cache
-    return BaseModelOutputWithPast(last_hidden_state=last_hidden, past_key_values=cache if use_cache else None)
+    return model_output(last_hidden, cache if use_cache else None)
 
 
 def decode_step(
@@ -169,7 +174,7 @@ def decode_step(
     input_ids: torch.LongTensor | None,
     attention_mask: torch.Tensor | None,
     position_ids: torch.LongTensor | None,
-    past_key_values: DynamicCache,
+    cache: DynamicCache,
     inputs_embeds: torch.Tensor | None,
     use_cache: bool | None,
 ) -> BaseModelOutputWithPast:
@@ -177,11 +182,11 @@ def decode_step(
     hidden = inputs_embeds if inputs_embeds is not None else base.embed_tokens(input_ids)
     batch = hidden.shape[0]
     if position_ids is None:
-        position_ids = torch.arange(1, device=hidden.device)[None, :] + past_key_values.get_seq_length()
+        position_ids = torch.arange(1, device=hidden.device)[None, :] + cache.get_seq_length()
     state.stats.decode_steps += 1
     tokens = Tokens(hidden, position_ids.expand(batch, 1))
-    last_hidden = run_layers(runtime, base, state, past_key_values, tokens, prefill=False)
-    return BaseModelOutputWithPast(last_hidden_state=last_hidden, past_key_values=past_key_values)
+    last_hidden = run_layers(runtime, base, state, cache, tokens, prefill=False)
+    return model_output(last_hidden, cache)
 
 
 def run_layers(
@@ -229,8 +234,8 @@ def run_layers(
                 tokens.hidden,
                 attention_mask=mask,
                 position_ids=tokens.positions.clamp(min=0),
-                past_key_values=cache,
                 use_cache=True,
+                **{CACHE_KWARG: cache},
                 position_embeddings=embeddings,
             )
             state.record(index, tokens.positions)

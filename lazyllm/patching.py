@@ -135,7 +135,7 @@ class LazyRuntime:
 
     def note_unpruned(self, reason: str, base: nn.Module, call: dict[str, Any]) -> None:
         """An unpruned call: a prefill starts a fresh record, a decoding step is counted in the current one."""
-        cache = call["past_key_values"]
+        cache = call["cache"]
         if cache is not None and cache.get_seq_length() > 0 and not self.stats.pruned:
             self.stats.decode_steps += 1
             self.stats.decode_token_layers += len(prompt_lengths(call)) * len(base.layers)
@@ -184,7 +184,7 @@ def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
             + "; ".join(problems)
             + ". Or run it with lazyllm.unpatch(model)."
         )
-    check_cache(kwargs.get("past_key_values"))
+    check_cache(kwargs.get("cache", kwargs.get("past_key_values")))
     check_attention_backend(model)
 
 
