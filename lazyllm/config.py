@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Selection = Literal["attention", "random"]
+HeadReduce = Literal["mean", "max"]
 
 # Named schedules, written as (fraction of depth, keep ratio) so that one preset serves every depth.
 # A keep ratio is the share of the *prompt* kept from that layer on (not of the tokens left by the
@@ -46,6 +47,19 @@ class LazyConfig:
             `False` gives static pruning: what prefill dropped stays dropped.
         selection: "attention" (LazyLLM) or "random" (the paper's random-drop baseline, for benchmarks).
         seed: seed of the random selection.
+
+    Token scores (see `lazyllm.scoring`; the defaults are the paper's score, the last token's attention averaged
+    over heads):
+        score_window: in prefill, average the attention of the last `score_window` prompt tokens (each attends
+            causally, so the window's own tokens score only from the queries after them) instead of the last
+            token's alone. Decoding steps always score with the new token, the one whose next token is computed.
+        score_pool: max-pool the scores over this many neighbouring positions (odd) before choosing, so that a
+            number, name or phrase whose first token scores high goes on whole. 1 = no pooling.
+        keep_sinks: always keep the first `keep_sinks` prompt tokens (attention sinks).
+        keep_recent: always keep the last `keep_recent` prompt tokens (where the question usually is).
+        head_reduce: "mean" (the paper) or "max" over query heads, so that one head's focus is enough.
+        keep_mass: adaptive budget: each row keeps the fewest tokens whose scores cover this share of the
+            attention mass, never more than the cut's keep ratio. None = always the keep ratio.
     """
 
     prune_layers: tuple[int, ...] = ()
@@ -54,6 +68,12 @@ class LazyConfig:
     revive: bool = True
     selection: Selection = "attention"
     seed: int = 0
+    score_window: int = 1
+    score_pool: int = 1
+    keep_sinks: int = 0
+    keep_recent: int = 0
+    head_reduce: HeadReduce = "mean"
+    keep_mass: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
@@ -83,6 +103,23 @@ class LazyConfig:
             raise ConfigError(f"revive must be True or False, got {self.revive!r}.")
         if self.selection not in ("attention", "random"):
             raise ConfigError(f"selection must be 'attention' or 'random', got {self.selection!r}.")
+        self._check_scoring()
+
+    def _check_scoring(self) -> None:
+        for name in ("score_window", "score_pool"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1 (1 = the paper's score), got {value!r}.")
+        if self.score_pool % 2 == 0:
+            raise ConfigError(f"score_pool must be odd (a window centred on each token), got {self.score_pool}.")
+        for name in ("keep_sinks", "keep_recent"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
+        if self.head_reduce not in ("mean", "max"):
+            raise ConfigError(f"head_reduce must be 'mean' or 'max', got {self.head_reduce!r}.")
+        if self.keep_mass is not None and not (0.0 < self.keep_mass <= 1.0):
+            raise ConfigError(f"keep_mass must lie in (0, 1] or be None, got {self.keep_mass!r}.")
 
     @classmethod
     def preset(cls, name: str, num_layers: int, **overrides: object) -> LazyConfig:
@@ -144,3 +181,19 @@ class LazyConfig:
     def describe(self) -> str:
         """The schedule as 'layer:keep,...', the form `parse` reads."""
         return ",".join(f"{layer}:{ratio:g}" for layer, ratio in zip(self.prune_layers, self.keep_ratios)) or "off"
+
+    def describe_scoring(self) -> str:
+        """The token score as a short label: "paper" (last token, mean over heads), or "window32+pool7+..."."""
+        parts = [
+            f"{label}{value}"
+            for label, value, default in (
+                ("window", self.score_window, 1),
+                ("pool", self.score_pool, 1),
+                ("sinks", self.keep_sinks, 0),
+                ("recent", self.keep_recent, 0),
+            )
+            if value != default
+        ]
+        parts += ["headmax"] if self.head_reduce == "max" else []
+        parts += [f"mass{self.keep_mass:g}"] if self.keep_mass is not None else []
+        return "+".join(parts) or "paper"

@@ -42,14 +42,16 @@ class FamilyAdapter:
     query_module: Callable[[nn.Module], nn.Module]
     apply_rotary_pos_emb: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-    def last_query(
-        self, captured: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor
-    ) -> torch.Tensor:
-        """The last token's query `(B, H, head_dim)` with RoPE applied; `cos`/`sin` are `(B, 1, head_dim)`."""
-        head_dim = layer.self_attn.head_dim
-        query = captured[:, -1:].reshape(captured.shape[0], 1, -1, head_dim).transpose(1, 2)  # (B, H, 1, d)
+    def queries(self, captured: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Queries `(B, H, w, head_dim)` of the last `w` tokens with RoPE applied.
+
+        `captured` is the query module's output for those tokens, `(B, w, H * head_dim)` or `(B, w, H, head_dim)`;
+        `cos`/`sin` are `(B, w, head_dim)`.
+        """
+        batch, window = captured.shape[:2]
+        query = captured.reshape(batch, window, -1, layer.self_attn.head_dim).transpose(1, 2)  # (B, H, w, d)
         query, _ = self.apply_rotary_pos_emb(query, query, cos, sin)
-        return query[:, :, 0]
+        return query
 
 
 def _q_proj(layer: nn.Module) -> nn.Module:

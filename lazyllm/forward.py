@@ -23,8 +23,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from lazyllm.cache import AuxCache, LazyState, check_cache
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
+from lazyllm.config import LazyConfig
 from lazyllm.families import check_attention_backend
-from lazyllm.scoring import last_token_attention, random_scores
+from lazyllm.scoring import attention_scores, mass_budget, pool_neighbours, random_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
 from lazyllm.stats import LazyStats
 
@@ -267,23 +268,19 @@ def reselect(
     `(B, width)` table of tokens the following layers attend, and how many parked tokens were revived.
     """
     device = tokens.hidden.device
-    previous = index - 1
-    entries = state.entries(previous).to(device)  # (B, T): the tokens layer `previous` holds
+    config = runtime.config
+    entries = state.entries(index - 1).to(device)  # (B, T): the tokens the layer before holds
     attended = entries >= 0 if chosen is None else lookup(chosen, entries)
-    if runtime.config.selection == "random":
-        scores = random_scores(attended, state.generator)
-    else:
-        cos, sin = (part[:, -1:] for part in embeddings)
-        query = runtime.adapter.last_query(runtime.captured[previous].to(device), layers[previous], cos, sin)
-        keys = cache.layers[previous].keys.to(device)
-        scores = last_token_attention(query, keys, attended, layers[previous].self_attn.scaling)
-
+    scores = token_scores(runtime, state, cache, layers, index - 1, tokens, entries, attended, embeddings, prefill)
     is_prompt = state.is_prompt(entries)
-    table = to_table(scores, entries, width, 0.0)  # (B, width) score of each position
-    if prefill:  # the last token is the query of the next token: it is never dropped
-        table.scatter_(1, tokens.positions[:, -1:], float("inf"))
+    table = pool_neighbours(to_table(scores, entries, width, 0.0), config.score_pool)  # (B, width) score per position
     candidates = to_table(attended & is_prompt, entries, width, False)
-    chosen = top_k_per_row(table, candidates, state.keep_counts[:, cut].to(device))
+    forced = always_kept(config, state, candidates, tokens, prefill)
+    keep = state.keep_counts[:, cut].to(device)
+    if config.keep_mass is not None:  # only rows this cut prunes (not short rows, not a keep ratio of 1.0)
+        adaptive = mass_budget(table, candidates & ~forced, config.keep_mass) + (forced & candidates).sum(dim=1)
+        keep = torch.where(keep < candidates.sum(dim=1), torch.minimum(keep, adaptive), keep)
+    chosen = top_k_per_row(table.masked_fill(forced, float("inf")), candidates, keep)
     chosen |= to_table(attended & ~is_prompt, entries, width, False)  # generated tokens are never pruned
 
     parked = state.aux[cut]
@@ -294,7 +291,7 @@ def reselect(
             torch.cat([tokens.positions, parked.positions.to(device)], dim=1),
         )
     goes_on = lookup(chosen, pool.positions)
-    if runtime.config.revive:
+    if config.revive:
         index_off, positions_off = pack(pool.positions, ~goes_on)
         state.aux[cut] = AuxCache(gather_rows(pool.hidden, index_off), positions_off)
     revived = (
@@ -302,6 +299,54 @@ def reselect(
     )
     index_on, positions_on = pack(pool.positions, goes_on)
     return Tokens(gather_rows(pool.hidden, index_on), positions_on), chosen, revived
+
+
+def token_scores(
+    runtime: LazyRuntime,
+    state: LazyState,
+    cache: DynamicCache,
+    layers: nn.ModuleList,
+    previous: int,
+    tokens: Tokens,
+    entries: torch.Tensor,
+    attended: torch.Tensor,
+    embeddings: tuple[torch.Tensor, torch.Tensor],
+    prefill: bool,
+) -> torch.Tensor:
+    """`(B, T)` scores of the entries that layer `previous` holds, from the queries it computed last.
+
+    Prefill scores with the last `score_window` tokens (the prompt's end, where the question usually is);
+    a decoding step with its new token only: that is the token whose next token is being computed, and the
+    queries of earlier tokens are not kept.
+    """
+    config = runtime.config
+    if config.selection == "random":
+        return random_scores(attended, state.generator)
+    device = entries.device
+    window = config.score_window if prefill else 1
+    cos, sin = (part[:, -window:] for part in embeddings)  # (B, w, d)
+    captured = runtime.captured[previous][:, -window:].to(device)
+    queries = runtime.adapter.queries(captured, layers[previous], cos, sin)  # (B, H, w, d)
+    keys = cache.layers[previous].keys.to(device)
+    scaling = layers[previous].self_attn.scaling
+    query_positions = tokens.positions[:, -window:]
+    return attention_scores(queries, query_positions, keys, entries, attended, scaling, config.head_reduce)
+
+
+def always_kept(
+    config: LazyConfig, state: LazyState, candidates: torch.Tensor, tokens: Tokens, prefill: bool
+) -> torch.Tensor:
+    """`(B, width)` positions kept whatever their score: the prefill's last token, sinks and recent prompt tokens.
+
+    Sinks are the first `keep_sinks` candidates of a row (earlier cuts kept them, so they stay the first).
+    """
+    width = candidates.shape[1]
+    forced = candidates & (candidates.cumsum(dim=1) <= config.keep_sinks)
+    recent_from = state.first_generated.to(candidates.device)[:, None] - config.keep_recent  # (B, 1)
+    forced |= candidates & (torch.arange(width, device=candidates.device)[None, :] >= recent_from)
+    if prefill:  # the last token is the query of the next token: it is never dropped
+        forced.scatter_(1, tokens.positions[:, -1:], True)
+    return forced
 
 
 def attention_mask_for(

@@ -46,7 +46,7 @@ class LazyRuntime:
         self.last_state: LazyState | None = None  # kept until generate() ends, for its self-check
         self.last_token_only = False  # set by the causal-LM forward when its caller needs the last logits only
         self.capturing = False  # the query hooks record only during a pruned forward
-        self.captured: dict[int, torch.Tensor] = {}  # layer -> (B, 1, ...) last token's query before RoPE
+        self.captured: dict[int, torch.Tensor] = {}  # layer -> (B, w, ...) the last w tokens' queries before RoPE
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._replaced: list[tuple[object, str, object]] = []  # (owner, attribute, previous instance value)
 
@@ -96,7 +96,7 @@ class LazyRuntime:
     def _capture_query(self, layer_index: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
             if self.capturing:
-                self.captured[layer_index] = output[:, -1:].detach()
+                self.captured[layer_index] = output[:, -self.config.score_window :].detach()
 
         return hook
 

@@ -1,31 +1,70 @@
-"""Importance scores: how much the last token attends to each cached token (Eq. 1 of the paper)."""
+"""Importance scores: how much the last token(s) attend to each cached token (Eq. 1 of the paper, and options).
+
+The paper scores token i at a cut by the attention probability that the last token paid it in the layer before,
+averaged over the query heads. The options of `LazyConfig` change that score: a window of the last W tokens as
+queries (`score_window`), max instead of mean over heads (`head_reduce`), max-pooling over neighbouring positions
+(`score_pool`), and an adaptive number of tokens to keep (`keep_mass`). With the defaults the score is the paper's.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
-def last_token_attention(
-    query: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor, scaling: float
+def attention_scores(
+    queries: torch.Tensor,
+    query_positions: torch.Tensor,
+    keys: torch.Tensor,
+    key_positions: torch.Tensor,
+    allowed: torch.Tensor,
+    scaling: float,
+    head_reduce: str = "mean",
 ) -> torch.Tensor:
-    """Attention probabilities of the last token over the keys of one layer, averaged over all query heads.
+    """Attention probabilities of a few query tokens over the keys of one layer, reduced to one score per key.
 
     Args:
-        query: `(B, H, d)` the last token's query, RoPE applied.
+        queries: `(B, H, w, d)` the queries of the last `w` tokens, RoPE applied.
+        query_positions: `(B, w)` their positions; -1 marks an empty slot (a row with fewer than `w` tokens).
         keys: `(B, KVH, T, d)` the layer's cached keys (RoPE applied); with grouped-query attention each key
             head serves `H // KVH` query heads, handled by a reshape, never by repeating the keys.
-        allowed: `(B, T)` the keys the last token attended in that layer.
+        key_positions: `(B, T)` positions of the cached keys.
+        allowed: `(B, T)` the keys the queries attended in that layer.
         scaling: the layer's softmax scale.
+        head_reduce: "mean" (the paper) or "max" over query heads.
 
     Returns:
-        `(B, T)` float32 scores, 0 where not allowed. Only one query row is computed, never the T x T map.
+        `(B, T)` float32 scores, 0 where not allowed: per head, the mean over the window's queries of their
+        attention probabilities (each query attends causally), then reduced over heads. Only `w` query rows are
+        computed, never the T x T map; `w = 1` is the paper's score exactly.
     """
-    batch, heads, head_dim = query.shape
+    batch, heads, window, head_dim = queries.shape
     kv_heads = keys.shape[1]
-    grouped = query.to(keys.dtype).reshape(batch, kv_heads, heads // kv_heads, head_dim)  # (B, KVH, G, d)
-    logits = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scaling  # (B, KVH, G, T)
-    logits = logits.masked_fill(~allowed[:, None, None, :], float("-inf"))
-    return logits.softmax(dim=-1).mean(dim=(1, 2))
+    grouped = queries.to(keys.dtype).reshape(batch, kv_heads, heads // kv_heads * window, head_dim)
+    logits = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scaling  # (B, KVH, G * w, T)
+    logits = logits.reshape(batch, kv_heads, heads // kv_heads, window, -1)  # (B, KVH, G, w, T)
+    causal = key_positions[:, None, :] <= query_positions[:, :, None]  # (B, w, T)
+    visible = (allowed[:, None, :] & causal)[:, None, None]  # (B, 1, 1, w, T)
+    probabilities = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    real_queries = (query_positions >= 0).float()  # (B, w): empty slots do not vote
+    per_head = torch.einsum("bkgwt,bw->bkgt", probabilities, real_queries) / real_queries.sum(dim=1)[:, None, None, None]
+    per_head = per_head.flatten(1, 2)  # (B, H, T)
+    return per_head.mean(dim=1) if head_reduce == "mean" else per_head.amax(dim=1)
+
+
+def pool_neighbours(table: torch.Tensor, kernel: int) -> torch.Tensor:
+    """`(B, P)` per-position scores max-pooled over `kernel` neighbouring positions (odd; 1 returns the table)."""
+    if kernel == 1:
+        return table
+    return F.max_pool1d(table[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
+
+
+def mass_budget(table: torch.Tensor, candidates: torch.Tensor, mass: float) -> torch.Tensor:
+    """`(B,)` the fewest candidates per row whose scores cover `mass` of the row's candidate score total."""
+    ordered = table.masked_fill(~candidates, 0.0).sort(dim=1, descending=True).values  # (B, P)
+    covered = ordered.cumsum(dim=1)
+    target = mass * covered[:, -1:]
+    return (covered < target).sum(dim=1) + 1
 
 
 def random_scores(allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -57,7 +57,7 @@ def positional_scores(prefer: dict[str, bool]):
 
     Valid where each layer's entries are in position order, as after a prefill of one unpadded row."""
 
-    def scores(query, keys, allowed, scaling):
+    def scores(queries, query_positions, keys, key_positions, allowed, scaling, head_reduce):
         order = torch.arange(keys.shape[2], dtype=torch.float32)
         ranked = order if prefer["late"] else -order
         return ranked[None].expand(allowed.shape).masked_fill(~allowed, 0.0).clone()
@@ -73,7 +73,7 @@ def test_unchosen_keys_are_not_attended_in_decoding(monkeypatch, decode_prefers_
     ids = random_ids(length)
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.25,), min_prompt_tokens=0))
     prefer = {"late": True}
-    monkeypatch.setattr(lazyllm.forward, "last_token_attention", positional_scores(prefer))
+    monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
     with torch.inference_mode():
         _, clean_cache, _ = prefill(model, ids)
         _, noisy_cache, _ = prefill(model, ids)
@@ -98,7 +98,7 @@ def test_revival_resumes_from_the_aux_cache_once(monkeypatch):
         _, base_cache, _ = prefill(model, ids)
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(keep,), min_prompt_tokens=0))
     prefer = {"late": True}
-    monkeypatch.setattr(lazyllm.forward, "last_token_attention", positional_scores(prefer))
+    monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
     k = math.ceil(keep * length)
     with torch.inference_mode():
         _, cache, state = prefill(model, ids)
@@ -239,13 +239,13 @@ def test_scores_are_the_last_rows_of_the_attention_maps(shape, monkeypatch):
     with torch.inference_mode():
         maps = model(ids, output_attentions=True).attentions  # per layer (B, H, N, N)
     seen = {}
-    score = lazyllm.forward.last_token_attention
+    score = lazyllm.forward.attention_scores
 
     def spy(*args):
         seen["scores"] = score(*args)
         return seen["scores"]
 
-    monkeypatch.setattr(lazyllm.forward, "last_token_attention", spy)
+    monkeypatch.setattr(lazyllm.forward, "attention_scores", spy)
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0))
     with torch.inference_mode():
         model(ids, logits_to_keep=1)
