@@ -1,0 +1,268 @@
+"""The fidelity frontier: how many answers each (token score, schedule) keeps, at what prefill cost.
+
+For every prompt the unpruned model answers first (greedy, whole answer); then each candidate configuration answers
+the same prompt, and one JSON line per (prompt, candidate) records the answer, whether it equals the baseline's
+(`agree`), its token F1 against it, its task score and its prefill token fraction. The file is appended to as
+results come and a re-run skips what it already holds, so a long sweep can run in the background and survive an
+interruption. `lazyllm bench report` renders the records (tables with intervals, the frontier plot).
+
+    python -m lazyllm.bench.frontier --split select --lengths 2048 --n 8 --scorings paper window32+pool7 \\
+        --schedules aggressive balanced --out benchmarks/results/frontier-select.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lazyllm
+import lazyllm.models
+from lazyllm.bench.tasks import TASKS, Sample, build_samples, chat_prompt, score
+from lazyllm.fidelity import answers_agree, token_f1
+
+# Token scores compared on the frontier, by label (LazyConfig fields). "paper" is the paper's last-token score.
+SCORINGS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "window32": dict(score_window=32),
+    "window32+pool7": dict(score_window=32, score_pool=7),
+    "window32+pool7+sinks4": dict(score_window=32, score_pool=7, keep_sinks=4),
+    "window32+pool7+headmax": dict(score_window=32, score_pool=7, head_reduce="max"),
+    "window32+pool7+mass0.95": dict(score_window=32, score_pool=7, keep_mass=0.95),
+    "window8+pool7": dict(score_window=8, score_pool=7),
+    "window64+pool7": dict(score_window=64, score_pool=7),
+    "window32+pool3": dict(score_window=32, score_pool=3),
+    "window32+pool11": dict(score_window=32, score_pool=11),
+}
+# Answers are short except the list task; generation stops earlier at end-of-sequence.
+MAX_NEW_TOKENS = {"niah_multivalue": 40}
+DEFAULT_MAX_NEW_TOKENS = 12
+SPLIT_SEEDS = {"report": 0, "select": 1}  # prompts that choose defaults never appear in reported figures
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One configuration on the frontier: a token score and a schedule, placed on the model's depth."""
+
+    scoring: str
+    schedule: str
+    config: lazyllm.LazyConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.scoring}@{self.schedule}"
+
+
+def candidate(scoring: str, schedule: str, num_layers: int) -> Candidate:
+    """`schedule` is a preset name or "fraction:keep,..." with cut positions as shares of the depth."""
+    if scoring not in SCORINGS:
+        raise SystemExit(f"unknown scoring {scoring!r}: choose from {', '.join(SCORINGS)}")
+    options = dict(SCORINGS[scoring], min_prompt_tokens=0)
+    if schedule in lazyllm.PRESETS:
+        config = lazyllm.LazyConfig.preset(schedule, num_layers, **options)
+    else:
+        cuts = [tuple(float(x) for x in item.split(":")) for item in schedule.split(",")]
+        config = lazyllm.LazyConfig.place(cuts, num_layers, **options)
+    return Candidate(scoring, schedule, config)
+
+
+def prompts(tokenizer: Any, tasks: Sequence[str], length: int, n: int, seed: int) -> Iterator[tuple[int, Sample]]:
+    """`n` samples per task at `length`, needles/gold spread over depths 0.05..0.95, interleaved across tasks."""
+    depths = [0.05 + 0.9 * i / max(n - 1, 1) for i in range(n)]
+    per_task = {task: build_samples(task, tokenizer, length, depths=depths, seed=seed) for task in tasks}
+    for index in range(n):
+        for task in tasks:
+            yield index, per_task[task][index]
+
+
+def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> dict[str, Any]:
+    """The whole greedy answer to `text`, its prefill time and (patched models) its prefill token fraction."""
+    inputs = tokenizer(text, return_tensors="pt")
+    clock: dict[str, float] = {}
+
+    def first_token(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        clock.setdefault("first", time.perf_counter())
+        return scores
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            logits_processor=[first_token],
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    new = output[0, inputs.input_ids.shape[1] :]
+    stats = lazyllm.stats(model) if lazyllm.is_patched(model) else None
+    if stats is not None and not stats.pruned:
+        raise RuntimeError(f"the candidate did not prune: {stats.fallback_reason}")
+    return {
+        "answer": tokenizer.decode(new, skip_special_tokens=True),
+        "prompt_tokens": int(inputs.input_ids.shape[1]),
+        "ttft_s": round(clock.get("first", time.perf_counter()) - start, 4),
+        "prefill_token_fraction": round(stats.prefill_token_fraction, 4) if stats else 1.0,
+    }
+
+
+def machine() -> dict[str, Any]:
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "lazyllm": lazyllm.__version__,
+        },
+    }
+
+
+class Records:
+    """The JSON-lines file: what is done (by key), and appending new records as they come."""
+
+    KEY = ("model", "split", "seed", "task", "length", "sample", "name", "max_new_tokens")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[tuple, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.done[self.key(record)] = record
+
+    def key(self, record: dict[str, Any]) -> tuple:
+        return tuple(record[field] for field in self.KEY)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.done[self.key(record)] = record
+
+
+def run_prompt(
+    model: Any, tokenizer: Any, sample: Sample, where: dict[str, Any], candidates: Sequence[Candidate], records: Records
+) -> int:
+    """The baseline's answer, then each candidate's, to one prompt; returns how many records were added."""
+    text = chat_prompt(tokenizer, sample, answer_prefix=True)
+    max_new = MAX_NEW_TOKENS.get(sample.task, DEFAULT_MAX_NEW_TOKENS)
+    where = dict(where, task=sample.task, length=sample.length, max_new_tokens=max_new)
+    added = 0
+    base_key = records.key(dict(where, name="baseline"))
+    if base_key not in records.done:
+        result = answer(model, tokenizer, text, max_new)
+        correct = score(result["answer"], sample)
+        records.add(
+            dict(
+                where,
+                name="baseline",
+                scoring=None,
+                schedule=None,
+                config=None,
+                **result,
+                reference=result["answer"],
+                agree=True,
+                f1=1.0,
+                correct=correct,
+                baseline_correct=correct,
+            )
+        )
+        added += 1
+    reference = records.done[base_key]
+    for cand in candidates:
+        if records.key(dict(where, name=cand.name)) in records.done:
+            continue
+        with lazyllm.patched(model, cand.config):
+            result = answer(model, tokenizer, text, max_new)
+        records.add(
+            dict(
+                where,
+                name=cand.name,
+                scoring=cand.scoring,
+                schedule=cand.schedule,
+                config=dataclasses.asdict(cand.config),
+                **result,
+                reference=reference["answer"],
+                agree=answers_agree(result["answer"], reference["answer"]),
+                f1=round(token_f1(result["answer"], reference["answer"]), 4),
+                correct=score(result["answer"], sample),
+                baseline_correct=reference["correct"],
+            )
+        )
+        added += 1
+    return added
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lazyllm bench frontier", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", help="a name or path lazyllm.models.load_model accepts")
+    parser.add_argument(
+        "--split",
+        choices=sorted(SPLIT_SEEDS),
+        default="report",
+        help="'select': prompts for choosing defaults (seed 1); 'report': held-apart prompts (seed 0)",
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--n", type=int, default=24, help="prompts per (task, length) cell")
+    parser.add_argument("--scorings", nargs="+", default=["paper", "window32+pool7"], help=", ".join(SCORINGS))
+    parser.add_argument(
+        "--schedules",
+        nargs="+",
+        default=["default", "balanced", "aggressive"],
+        help="preset names or 'fraction:keep,...' (cut positions as shares of the depth)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="2k prompts, 2 per task, 2 candidates: a few minutes")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.jsonl"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.lengths, args.n, args.scorings, args.schedules = [2048], 2, ["paper", "window32+pool7"], ["aggressive"]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = lazyllm.models.load_model(args.model, dtype=torch.float32)
+    num_layers = model.config.num_hidden_layers
+    candidates = [candidate(s, q, num_layers) for q in args.schedules for s in args.scorings]
+    records = Records(args.out)
+    seed = SPLIT_SEEDS[args.split]
+    where = dict(
+        kind="fidelity",
+        model=args.model,
+        split=args.split,
+        seed=seed,
+        machine=machine(),
+        command=" ".join(["lazyllm bench frontier", *(argv if argv is not None else sys.argv[1:])]),
+    )
+    start = time.perf_counter()
+    for length in args.lengths:
+        for index, sample in prompts(tokenizer, args.tasks, length, args.n, seed):
+            added = run_prompt(model, tokenizer, sample, dict(where, sample=index), candidates, records)
+            if added:
+                print(
+                    f"[{time.perf_counter() - start:7.0f}s] {length} {sample.task} #{index}: {added} records",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
