@@ -1,0 +1,120 @@
+"""Fidelity cells with intervals, and the rule that picks the default from the frontier records.
+
+Reads the JSON lines of `lazyllm.bench.frontier` only. The rule (README, "Choosing the default token score and
+schedule"): the candidate with the lowest prefill token fraction whose pooled whole-answer agreement with the
+unpruned model is >= 0.90 and whose pooled accuracy, over the tasks where the baseline scores >= 0.20, is at most
+0.02 below the baseline's; equal fractions go to the higher agreement.
+
+    python -m lazyllm.bench.choose benchmarks/results/frontier-select.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lazyllm.fidelity import bootstrap_interval, wilson_interval
+
+MIN_AGREEMENT = 0.90
+MAX_ACCURACY_DROP = 0.02
+BASELINE_WORKS = 0.20
+
+
+def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every fidelity record of the given JSON-lines files (the last one wins for a repeated key)."""
+    records = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            record = json.loads(line) if line.strip() else None
+            if record and record.get("kind") == "fidelity":
+                key = tuple(record[k] for k in ("model", "split", "task", "length", "sample", "name", "max_new_tokens"))
+                records[key] = record
+    return list(records.values())
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """n, agreement with its Wilson 95% interval, mean F1 with a bootstrap interval, accuracies, token fraction."""
+    n = len(records)
+    agreed = sum(bool(r["agree"]) for r in records)
+    f1 = [r["f1"] for r in records]
+    return {
+        "n": n,
+        "agreement": agreed / n,
+        "agreement_ci": wilson_interval(agreed, n),
+        "f1": sum(f1) / n,
+        "f1_ci": bootstrap_interval(f1),
+        "accuracy": sum(r["correct"] for r in records) / n,
+        "baseline_accuracy": sum(r["baseline_correct"] for r in records) / n,
+        "prefill_token_fraction": sum(r["prefill_token_fraction"] for r in records) / n,
+    }
+
+
+def cells(records: Sequence[dict[str, Any]], by: Sequence[str] = ("model", "length", "task", "name")) -> list[dict]:
+    """One summary per group of `by` (default: model, length, task, candidate), sorted by those fields."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[tuple(record[field] for field in by)].append(record)
+    return [dict(zip(by, key), **summarize(group)) for key, group in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+
+
+def working_tasks(records: Sequence[dict[str, Any]]) -> set[str]:
+    """Tasks where the baseline's accuracy is at least BASELINE_WORKS."""
+    baseline = [r for r in records if r["name"] == "baseline"]
+    return {c["task"] for c in cells(baseline, by=("task",)) if c["accuracy"] >= BASELINE_WORKS}
+
+
+def candidates_table(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per candidate, pooled over every prompt it answered: the figures the rule reads, and whether it passes.
+
+    Accuracy is pooled over the working tasks only, on the prompts the candidate answered (so a partial sweep
+    compares like with like)."""
+    working = working_tasks(records)
+    rows = []
+    for cell in cells(records, by=("name",)):
+        mine = [r for r in records if r["name"] == cell["name"]]
+        judged = [r for r in mine if r["task"] in working]
+        accuracy = sum(r["correct"] for r in judged) / len(judged) if judged else float("nan")
+        baseline = sum(r["baseline_correct"] for r in judged) / len(judged) if judged else float("nan")
+        passes = cell["agreement"] >= MIN_AGREEMENT and not accuracy < baseline - MAX_ACCURACY_DROP
+        rows.append(dict(cell, working_accuracy=accuracy, working_baseline=baseline, passes=passes))
+    return sorted(rows, key=lambda row: (row["prefill_token_fraction"], -row["agreement"]))
+
+
+def choose(records: Sequence[dict[str, Any]]) -> str | None:
+    """The name of the fastest candidate that passes the rule, or None."""
+    passing = [row for row in candidates_table(records) if row["passes"] and row["name"] != "baseline"]
+    return passing[0]["name"] if passing else None
+
+
+def render(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| candidate | n | prefill token fraction | agreement [95% CI] | F1 vs baseline | accuracy (working tasks) | passes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        low, high = row["agreement_ci"]
+        lines.append(
+            f"| {row['name']} | {row['n']} | {row['prefill_token_fraction']:.3f} | {row['agreement']:.2f} "
+            f"[{low:.2f}-{high:.2f}] | {row['f1']:.2f} | {row['working_accuracy']:.2f} "
+            f"(baseline {row['working_baseline']:.2f}) | {'yes' if row['passes'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lazyllm.bench.choose", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, nargs="+", help="frontier JSON-lines files")
+    args = parser.parse_args(argv)
+    records = read_records(args.results)
+    print(render(candidates_table(records)))
+    print(f"\nworking tasks (baseline accuracy >= {BASELINE_WORKS}): {', '.join(sorted(working_tasks(records)))}")
+    print(f"chosen: {choose(records) or 'none passes: the default stays'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

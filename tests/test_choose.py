@@ -1,0 +1,59 @@
+"""The default-choosing rule over frontier records: fastest candidate that keeps >= 90% of answers and accuracy."""
+
+import json
+
+from lazyllm.bench.choose import candidates_table, choose, read_records
+
+
+def records(name, fraction, agree, correct, baseline_correct=(1, 1, 1, 1, 1, 1, 1, 1, 1, 1), task="niah_single"):
+    return [
+        dict(
+            kind="fidelity",
+            model="m",
+            split="select",
+            task=task,
+            length=2048,
+            sample=i,
+            name=name,
+            max_new_tokens=12,
+            agree=bool(a),
+            f1=float(a),
+            correct=c,
+            baseline_correct=b,
+            prefill_token_fraction=fraction,
+        )
+        for i, (a, c, b) in enumerate(zip(agree, correct, baseline_correct))
+    ]
+
+
+ALL = (1,) * 10
+BASELINE = records("baseline", 1.0, ALL, ALL)
+
+
+def test_the_fastest_candidate_that_keeps_answers_and_accuracy_wins():
+    fast_but_unfaithful = records("fast", 0.4, (1,) * 8 + (0, 0), (1,) * 8 + (0, 0))  # agreement 0.8
+    faithful = records("middle", 0.6, (1,) * 9 + (0,), ALL)  # agreement 0.9, accuracy kept
+    slow = records("slow", 0.9, ALL, ALL)
+    assert choose(BASELINE + fast_but_unfaithful + faithful + slow) == "middle"
+
+
+def test_an_accuracy_drop_fails_the_rule_even_with_high_agreement():
+    drops = records("drops", 0.5, (1,) * 9 + (0,), (1,) * 9 + (0,))  # the one changed answer was a correct one
+    table = {row["name"]: row for row in candidates_table(BASELINE + drops)}
+    assert table["drops"]["agreement"] == 0.9 and not table["drops"]["passes"]
+    assert choose(BASELINE + drops) is None
+
+
+def test_tasks_where_the_baseline_fails_do_not_count_for_accuracy():
+    zeros = (0,) * 10
+    baseline = records("baseline", 1.0, ALL, zeros, zeros, task="niah_multivalue")
+    candidate = records("c", 0.5, (1,) * 9 + (0,), zeros, zeros, task="niah_multivalue")
+    assert choose(baseline + candidate) == "c"
+
+
+def test_read_records_keeps_the_last_of_a_repeated_key(tmp_path):
+    path = tmp_path / "r.jsonl"
+    first, second = records("c", 0.5, (1,), (1,), (1,)), records("c", 0.5, (0,), (1,), (1,))
+    path.write_text("\n".join(json.dumps(r) for r in first + second + [{"kind": "speed"}]) + "\n")
+    (record,) = read_records([path])
+    assert record["agree"] is False
