@@ -61,6 +61,9 @@ class LazyState:
         self.padded = padded  # whether some prompt row has padding (then every mask is explicit)
         self.stats = stats
         self.generator = generator  # for random selection only
+        # layer -> (queries (B, H, w, d) with RoPE, positions (B, w)): the scoring window of that layer, kept
+        # between decoding steps when the window slides (LazyConfig.decode_window)
+        self.windows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def entries(self, layer: int) -> torch.Tensor:
         """`(B, T)` positions of the KV entries that `layer` holds (T = 0 before the layer first ran)."""

@@ -52,7 +52,10 @@ class LazyConfig:
     over heads):
         score_window: in prefill, average the attention of the last `score_window` prompt tokens (each attends
             causally, so the window's own tokens score only from the queries after them) instead of the last
-            token's alone. Decoding steps always score with the new token, the one whose next token is computed.
+            token's alone. Decoding steps score with the new token alone (the paper), unless `decode_window`.
+        decode_window: in decoding, let the window slide: each step scores with the queries of the newest
+            `score_window` tokens (the new token and those before it, prompt tokens included), so the choice
+            changes little from step to step. Only the new token's query is computed; the others are kept.
         score_pool: max-pool the scores over this many neighbouring positions (odd) before choosing, so that a
             number, name or phrase whose first token scores high goes on whole. 1 = no pooling.
         keep_sinks: always keep the first `keep_sinks` prompt tokens (attention sinks).
@@ -69,6 +72,7 @@ class LazyConfig:
     selection: Selection = "attention"
     seed: int = 0
     score_window: int = 1
+    decode_window: bool = False
     score_pool: int = 1
     keep_sinks: int = 0
     keep_recent: int = 0
@@ -110,6 +114,8 @@ class LazyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1 (1 = the paper's score), got {value!r}.")
+        if not isinstance(self.decode_window, bool):
+            raise ConfigError(f"decode_window must be True or False, got {self.decode_window!r}.")
         if self.score_pool % 2 == 0:
             raise ConfigError(f"score_pool must be odd (a window centred on each token), got {self.score_pool}.")
         for name in ("keep_sinks", "keep_recent"):
@@ -188,6 +194,7 @@ class LazyConfig:
             f"{label}{value}"
             for label, value, default in (
                 ("window", self.score_window, 1),
+                ("slide", "" if self.decode_window else None, None),
                 ("pool", self.score_pool, 1),
                 ("sinks", self.keep_sinks, 0),
                 ("recent", self.keep_recent, 0),

@@ -316,8 +316,8 @@ def token_scores(
     """`(B, T)` scores of the entries that layer `previous` holds, from the queries it computed last.
 
     Prefill scores with the last `score_window` tokens (the prompt's end, where the question usually is);
-    a decoding step with its new token only: that is the token whose next token is being computed, and the
-    queries of earlier tokens are not kept.
+    a decoding step with its new token (the token whose next token is being computed), joined by the
+    window's earlier queries when the window slides (`decode_window`).
     """
     config = runtime.config
     if config.selection == "random":
@@ -327,10 +327,24 @@ def token_scores(
     cos, sin = (part[:, -window:] for part in embeddings)  # (B, w, d)
     captured = runtime.captured[previous][:, -window:].to(device)
     queries = runtime.adapter.queries(captured, layers[previous], cos, sin)  # (B, H, w, d)
+    query_positions = tokens.positions[:, -window:]
+    if config.decode_window:
+        queries, query_positions = slide_window(state, previous, queries, query_positions, config.score_window, prefill)
     keys = cache.layers[previous].keys.to(device)
     scaling = layers[previous].self_attn.scaling
-    query_positions = tokens.positions[:, -window:]
     return attention_scores(queries, query_positions, keys, entries, attended, scaling, config.head_reduce)
+
+
+def slide_window(
+    state: LazyState, layer: int, queries: torch.Tensor, positions: torch.Tensor, size: int, prefill: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's scoring window after this call: prefill starts it, a decoding step appends its new query."""
+    if not prefill:
+        held_queries, held_positions = state.windows[layer]
+        queries = torch.cat([held_queries.to(queries.device), queries], dim=2)[:, :, -size:]
+        positions = torch.cat([held_positions.to(positions.device), positions], dim=1)[:, -size:]
+    state.windows[layer] = (queries, positions)
+    return queries, positions
 
 
 def always_kept(

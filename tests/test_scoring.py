@@ -11,7 +11,9 @@ import lazyllm
 import lazyllm.forward
 from lazyllm.scoring import mass_budget, pool_neighbours
 
-ALL_OPTIONS = dict(score_window=16, score_pool=5, keep_sinks=4, keep_recent=8, head_reduce="max", keep_mass=0.9)
+ALL_OPTIONS = dict(
+    score_window=16, decode_window=True, score_pool=5, keep_sinks=4, keep_recent=8, head_reduce="max", keep_mass=0.9
+)
 
 
 def spy_scores(monkeypatch) -> list[torch.Tensor]:
@@ -177,6 +179,7 @@ def test_scoring_options_prune_and_decode_with_revival_once():
     "options",
     [
         dict(score_window=0),
+        dict(decode_window=1),
         dict(score_pool=4),
         dict(score_pool=0),
         dict(keep_sinks=-1),
@@ -193,4 +196,37 @@ def test_bad_scoring_options_raise(options):
 
 def test_scoring_labels():
     assert lazyllm.LazyConfig().describe_scoring() == "paper"
-    assert lazyllm.LazyConfig(**ALL_OPTIONS).describe_scoring() == "window16+pool5+sinks4+recent8+headmax+mass0.9"
+    assert lazyllm.LazyConfig(**ALL_OPTIONS).describe_scoring() == "window16+slide+pool5+sinks4+recent8+headmax+mass0.9"
+
+
+@pytest.mark.parametrize("window", [1, 8])
+def test_a_sliding_window_scores_decoding_steps_like_the_eager_maps(window, monkeypatch):
+    """With decode_window, step t scores with the newest `window` tokens' attention rows (prompt end included)."""
+    model = tiny_llama("gqa", "eager")
+    ids = random_ids(60)
+    seen = spy_scores(monkeypatch)
+    config = lazyllm.LazyConfig(
+        prune_layers=(3,), keep_ratios=(1.0,), min_prompt_tokens=0, score_window=window, decode_window=True
+    )
+    lazyllm.patch(model, config)
+    with torch.inference_mode():
+        sequence = model.generate(ids, max_new_tokens=3, do_sample=False)
+        lazyllm.unpatch(model)
+        maps = model(sequence[:, :62], output_attentions=True).attentions[2]  # (B, H, 62, 62)
+    for step, scores in enumerate(seen[1:], start=1):  # decoding step `step` computes token 59 + step
+        last = 60 + step
+        expected = maps[:, :, last - window : last, :last].mean(dim=2).mean(dim=1)
+        assert (scores - expected).abs().max().item() < 1e-6
+
+
+def test_a_window_of_one_slides_as_the_paper_decodes():
+    model = tiny_llama("gqa")
+    ids = random_ids(300)
+    schedule = dict(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
+    outputs = []
+    for options in ({}, dict(decode_window=True)):
+        lazyllm.patch(model, lazyllm.LazyConfig(**schedule, **options))
+        with torch.inference_mode():
+            outputs.append(model.generate(ids, max_new_tokens=16, do_sample=False))
+        outputs.append(lazyllm.stats(model).revived_tokens)
+    assert torch.equal(outputs[0], outputs[2]) and outputs[1] == outputs[3] > 0
