@@ -37,6 +37,7 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "window32+pool7": dict(score_window=32, score_pool=7),
     "window32+pool7+sinks4": dict(score_window=32, score_pool=7, keep_sinks=4),
     "window32+pool7+headmax": dict(score_window=32, score_pool=7, head_reduce="max"),
+    "window32+pool7+recent64": dict(score_window=32, score_pool=7, keep_recent=64),
     "window32+pool7+mass0.95": dict(score_window=32, score_pool=7, keep_mass=0.95),
     "window32+pool7+static": dict(score_window=32, score_pool=7, revive=False),
     "window32+slide+pool7": dict(score_window=32, decode_window=True, score_pool=7),
