@@ -7,6 +7,7 @@ print(lazyllm.stats(model).summary())
 """
 
 from lazyllm.cache import UnsupportedCacheError
+from lazyllm.calibration import Calibration, calibrate
 from lazyllm.config import PRESETS, ConfigError, LazyConfig
 from lazyllm.families import UnsupportedModelError
 from lazyllm.forward import UnsupportedCallError
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "Calibration",
     "ConfigError",
     "LazyConfig",
     "LazyStats",
@@ -24,6 +26,7 @@ __all__ = [
     "UnsupportedCallError",
     "UnsupportedGenerationError",
     "UnsupportedModelError",
+    "calibrate",
     "is_patched",
     "patch",
     "patched",

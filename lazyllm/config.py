@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
 
 Selection = Literal["attention", "random"]
 HeadReduce = Literal["mean", "max"]
@@ -204,3 +206,44 @@ class LazyConfig:
         parts += ["headmax"] if self.head_reduce == "max" else []
         parts += [f"mass{self.keep_mass:g}"] if self.keep_mass is not None else []
         return "+".join(parts) or "paper"
+
+    def save(self, path: str | Path, model: Any = None) -> None:
+        """Write the config as JSON, with the library version and (given `model`) the model's name and depth."""
+        from lazyllm import __version__
+
+        settings = {f.name: getattr(self, f.name) for f in fields(LazyConfig)}
+        config = getattr(model, "config", None)
+        data = {
+            "lazyllm": __version__,
+            "model": getattr(config, "name_or_path", None) or None,
+            "num_layers": getattr(config, "num_hidden_layers", None),
+            "config": settings,
+        }
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any = None) -> LazyConfig:
+        """Read a config written by `save`; given `model`, refuse one saved for a model of another depth."""
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise ConfigError(f"{path} is not a lazyllm config file (written by LazyConfig.save or `lazyllm calibrate`).")
+        known = {f.name for f in fields(LazyConfig)}
+        unknown = sorted(set(data["config"]) - known)
+        if unknown:
+            raise ConfigError(
+                f"{path} sets {unknown}, which this lazyllm does not know (saved by lazyllm {data.get('lazyllm')}): "
+                "upgrade lazyllm."
+            )
+        depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        if depth is not None and data.get("num_layers") not in (None, depth):
+            raise ConfigError(
+                f"{path} was calibrated for {data.get('model') or 'a model'} with {data['num_layers']} layers; this "
+                f"model has {depth}: calibrate it with lazyllm.calibrate (or `lazyllm calibrate`)."
+            )
+        settings = dict(data["config"])
+        settings["prune_layers"] = tuple(settings.get("prune_layers", ()))
+        settings["keep_ratios"] = tuple(settings.get("keep_ratios", ()))
+        config = LazyConfig(**settings)
+        if depth is not None:
+            config.check_depth(depth)
+        return config

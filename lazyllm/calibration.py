@@ -1,0 +1,311 @@
+"""`lazyllm.calibrate`: the fastest schedule that keeps a model's answers on the user's own prompts, no labels.
+
+    config = lazyllm.calibrate(model, tokenizer, prompts, min_agreement=0.9)    # or target="speed", speedup=2.5
+    print(config.summary())
+    lazyllm.patch(model, config)
+    config.save("my-model.lazyllm.json", model)
+
+The unpruned model's greedy answers to the prompts are the reference. Candidates are schedules of two cuts (a share
+of the prompt kept from a depth on, and a smaller share from halfway to the last layer) with the library's token
+score, ordered by prefill token fraction. A coarse ladder is searched by bisection (the cheaper a schedule, the fewer
+answers it keeps), then the neighbours of the best one; a candidate stops on the prompt where it can no longer reach
+the target. The finalist's TTFT is measured against the unpruned model, side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, ConfigError, LazyConfig
+from lazyllm.families import adapter_for
+from lazyllm.fidelity import answers_agree, wilson_interval
+from lazyllm.patching import patched, stats
+
+COARSE_DEPTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # where the first cut may go (share of depth)
+FINE_STEP = 0.05
+KEEPS = ((0.5, 0.25), (0.6, 0.3), (0.4, 0.2))  # (first cut, second cut) shares of the prompt; the first is coarse
+TIMING_ROUNDS = 3
+Prompt = str | Sequence[dict[str, str]] | Sequence[int] | torch.Tensor
+
+
+@dataclass
+class Trial:
+    """One candidate tried: its schedule, how many prompts it answered as the baseline did, and of how many."""
+
+    config: LazyConfig
+    agreed: int
+    answered: int
+    fraction: float
+    stopped_early: bool
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.answered if self.answered else 0.0
+
+
+@dataclass(frozen=True)
+class Calibration(LazyConfig):
+    """A `LazyConfig` found by `calibrate`, usable wherever a config is, with the search's report."""
+
+    report: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def summary(self) -> str:
+        """Candidates tried (agreement, interval, prefill token fraction), the choice, its TTFT ratio, time spent."""
+        r = self.report
+        lines = [f"calibrated on {r['prompts']} prompts, target {r['target']}: {r['choice']}"]
+        for trial in r["trials"]:
+            low, high = trial["interval"]
+            lines.append(
+                f"  {trial['schedule']:<32} fraction {trial['fraction']:.3f}  agreement {trial['agreed']}/"
+                f"{trial['answered']} [{low:.2f}-{high:.2f}]{' (stopped early)' if trial['stopped_early'] else ''}"
+            )
+        if r.get("ttft_ratio") is not None:
+            lines.append(
+                f"TTFT speedup of the choice: {r['ttft_ratio']:.2f}x (median of {TIMING_ROUNDS} interleaved runs)"
+            )
+        lines.append(f"time spent: {r['seconds']:.0f} s")
+        return "\n".join(lines)
+
+
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    target: Literal["fidelity", "speed"] = "fidelity",
+    min_agreement: float = 0.9,
+    speedup: float | None = None,
+    max_new_tokens: int = 32,
+    min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS,
+    progress: bool = True,
+) -> Calibration:
+    """The schedule for `model` that best meets `target` on `prompts`, judged against the unpruned model's answers.
+
+    Args:
+        prompts: the user's own long prompts: strings, chat messages (lists of {"role", "content"}) or token ids.
+        target: "fidelity": the fastest schedule whose answers agree with the unpruned model's on at least
+            `min_agreement` of the prompts. "speed": the most faithful schedule whose prefill computes at most
+            1 / `speedup` of the unpruned prefill's token-layers.
+        max_new_tokens: length of the greedy answers compared (whole answers, not first tokens).
+        min_prompt_tokens: the calibrated config's; every prompt must be at least this long.
+
+    Raises `ConfigError` (too few or too short prompts, a bad target) and `UnsupportedModelError`, before any work.
+    """
+    adapter_for(model)
+    ids = [encode(tokenizer, prompt) for prompt in prompts]
+    check_request(ids, target, min_agreement, speedup, min_prompt_tokens)
+    start = time.perf_counter()
+    search = Search(model, ids, max_new_tokens, min_prompt_tokens, target, min_agreement, speedup, progress)
+    best = search.run()
+    ratio = ttft_ratio(model, max(ids, key=lambda x: x.shape[1]), best.config) if best else None
+    report = {
+        "prompts": len(ids),
+        "target": f"agreement >= {min_agreement}" if target == "fidelity" else f"speedup >= {speedup}",
+        "choice": best.config.describe() if best else "none met the target: no pruning",
+        "trials": [trial_record(t) for t in search.trials],
+        "ttft_ratio": ratio,
+        "seconds": time.perf_counter() - start,
+    }
+    config = best.config if best else LazyConfig(min_prompt_tokens=min_prompt_tokens)
+    return Calibration(**{f.name: getattr(config, f.name) for f in dataclasses.fields(LazyConfig)}, report=report)
+
+
+def encode(tokenizer: Any, prompt: Prompt) -> torch.Tensor:
+    """`(1, N)` token ids of a prompt given as text, chat messages or ids."""
+    if isinstance(prompt, torch.Tensor):
+        return prompt.reshape(1, -1).long()
+    if isinstance(prompt, str):
+        return tokenizer(prompt, return_tensors="pt").input_ids
+    if prompt and isinstance(prompt[0], dict):
+        text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    if prompt and all(isinstance(token, int) for token in prompt):
+        return torch.tensor([list(prompt)], dtype=torch.long)
+    raise ConfigError(f"a prompt must be a string, a list of chat messages or a list of token ids, got {prompt!r:.80}.")
+
+
+def prompts_needed(min_agreement: float) -> int:
+    """Fewest prompts whose agreement can express `min_agreement`: one disagreement in n is 1 - 1/n."""
+    return max(2, int(1 / (1 - min_agreement) + 1e-9))
+
+
+def check_request(
+    ids: Sequence[torch.Tensor], target: str, min_agreement: float, speedup: float | None, min_prompt_tokens: int
+) -> None:
+    """Refuse, before any work, what the search cannot answer."""
+    if target not in ("fidelity", "speed"):
+        raise ConfigError(f"target must be 'fidelity' or 'speed', got {target!r}.")
+    if target == "speed" and (speedup is None or speedup <= 1.0):
+        raise ConfigError(f"target='speed' needs speedup > 1 (e.g. speedup=2.5), got {speedup!r}.")
+    if not 0.0 < min_agreement < 1.0:
+        raise ConfigError(f"min_agreement must lie in (0, 1), got {min_agreement!r}.")
+    needed = prompts_needed(min_agreement)
+    if len(ids) < needed:
+        raise ConfigError(
+            f"calibrate needs at least {needed} prompts to tell an agreement of {min_agreement} from 1.0 (one "
+            f"disagreement in n prompts is 1 - 1/n), got {len(ids)}: add prompts or lower min_agreement."
+        )
+    short = [i for i, x in enumerate(ids) if x.shape[1] < max(min_prompt_tokens, 1)]
+    if short:
+        raise ConfigError(
+            f"prompts {short[:5]} are shorter than min_prompt_tokens={min_prompt_tokens}, so pruning would not run "
+            "on them: calibrate on prompts as long as those you will prune, or lower min_prompt_tokens."
+        )
+
+
+def trial_record(trial: Trial) -> dict[str, Any]:
+    return {
+        "schedule": trial.config.describe(),
+        "fraction": trial.fraction,
+        "agreed": trial.agreed,
+        "answered": trial.answered,
+        "interval": wilson_interval(trial.agreed, trial.answered),
+        "stopped_early": trial.stopped_early,
+    }
+
+
+def ladder(num_layers: int, keeps: tuple[float, float], depths: Sequence[float], **options: Any) -> list[LazyConfig]:
+    """Two-cut schedules from each depth, ordered from the cheapest prefill to the dearest."""
+    configs = {}
+    for depth in depths:
+        cuts = [(depth, keeps[0]), (depth + (1 - depth) / 2, keeps[1])]
+        config = LazyConfig.place(cuts, num_layers, **options)
+        configs[config.describe()] = config
+    return sorted(configs.values(), key=lambda c: fraction_of(c, num_layers))
+
+
+def fraction_of(config: LazyConfig, num_layers: int) -> float:
+    """Prefill token fraction of a schedule: the share of the unpruned prefill's token-layers it computes."""
+    bounds = [*config.prune_layers, num_layers]
+    kept = config.prune_layers[0] if config.prune_layers else num_layers
+    for ratio, (start, end) in zip(config.keep_ratios, zip(bounds, bounds[1:])):
+        kept += ratio * (end - start)
+    return kept / num_layers
+
+
+class Search:
+    """Bisection over a coarse ladder of schedules, then their neighbours, with early stopping per candidate."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ids: Sequence[torch.Tensor],
+        max_new_tokens: int,
+        min_prompt_tokens: int,
+        target: str,
+        min_agreement: float,
+        speedup: float | None,
+        progress: bool,
+    ) -> None:
+        self.model, self.ids, self.max_new_tokens = model, ids, max_new_tokens
+        self.target, self.min_agreement, self.speedup = target, min_agreement, speedup
+        self.options = dict(min_prompt_tokens=min_prompt_tokens)
+        self.num_layers = model.config.num_hidden_layers
+        self.trials: list[Trial] = []
+        self.bar = tqdm(desc="lazyllm calibrate", unit="answer", disable=not progress, leave=False)
+        self.references = [self.answer(x, None) for x in ids]
+
+    def run(self) -> Trial | None:
+        coarse = ladder(self.num_layers, KEEPS[0], COARSE_DEPTHS, **self.options)
+        best = self.search(coarse)
+        if best is None:
+            return None
+        depth = best.config.prune_layers[0] / self.num_layers
+        near = [depth - FINE_STEP, depth, depth + FINE_STEP]
+        fine = [c for keeps in KEEPS for c in ladder(self.num_layers, keeps, near, **self.options)]
+        return self.search(sorted(fine, key=lambda c: fraction_of(c, self.num_layers)), best)
+
+    def search(self, candidates: list[LazyConfig], best: Trial | None = None) -> Trial | None:
+        """Fidelity: the cheapest passing candidate by bisection. Speed: the most faithful one fast enough."""
+        if self.target == "speed":
+            fast = [c for c in candidates if fraction_of(c, self.num_layers) <= 1 / self.speedup]
+            for config in fast:
+                trial = self.trial(config, beat=best)
+                if best is None or trial.agreement > best.agreement:
+                    best = trial
+            return best
+        low, high = 0, len(candidates) - 1
+        while low <= high:
+            middle = (low + high) // 2
+            trial = self.trial(candidates[middle])
+            if self.passes(trial):
+                best = trial if best is None or trial.fraction < best.fraction else best
+                high = middle - 1
+            else:
+                low = middle + 1
+        return best
+
+    def passes(self, trial: Trial) -> bool:
+        return not trial.stopped_early and trial.agreement >= self.min_agreement
+
+    def trial(self, config: LazyConfig, beat: Trial | None = None) -> Trial:
+        """Answer the prompts with `config` until it cannot reach the target (or beat `beat`) any more."""
+        seen = next((t for t in self.trials if t.config == config), None)
+        if seen is not None:
+            return seen
+        n = len(self.ids)
+        if self.target == "speed":  # to win, it must agree more often than the best so far
+            allowed = n - (beat.agreed + 1) if beat else n
+        else:
+            allowed = n - math.ceil(self.min_agreement * n - 1e-9)
+        agreed = answered = 0
+        for ids, reference in zip(self.ids, self.references):
+            agreed += answers_agree(self.answer(ids, config), reference)
+            answered += 1
+            if answered - agreed > allowed:
+                break
+        trial = Trial(config, agreed, answered, fraction_of(config, self.num_layers), answered < len(self.ids))
+        self.trials.append(trial)
+        return trial
+
+    def answer(self, ids: torch.Tensor, config: LazyConfig | None) -> str:
+        """The greedy answer's token ids as text (unpruned when `config` is None)."""
+        with torch.inference_mode():
+            if config is None:
+                out = generate(self.model, ids, self.max_new_tokens)
+            else:
+                with patched(self.model, config):
+                    out = generate(self.model, ids, self.max_new_tokens)
+                    if not stats(self.model).pruned:
+                        raise ConfigError(f"pruning did not run: {stats(self.model).fallback_reason}")
+        self.bar.update(1)
+        return " ".join(map(str, out[0, ids.shape[1] :].tolist()))
+
+
+def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    ids = ids.to(model.device)
+    mask = torch.ones_like(ids)
+    pad = model.generation_config.pad_token_id or model.generation_config.eos_token_id
+    pad = pad[0] if isinstance(pad, list) else pad
+    return model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+
+
+def ttft_ratio(model: nn.Module, ids: torch.Tensor, config: LazyConfig) -> float:
+    """Median over interleaved rounds of unpruned / pruned prefill wall time on one prompt (after a warm-up)."""
+    ids = ids.to(model.device)
+
+    def prefill() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model(ids, use_cache=True, logits_to_keep=1)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    ratios = []
+    for round_ in range(TIMING_ROUNDS + 1):
+        base = prefill()
+        with patched(model, config):
+            pruned = prefill()
+        if round_:  # the first round warms up
+            ratios.append(base / pruned)
+    return statistics.median(ratios)

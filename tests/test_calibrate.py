@@ -1,0 +1,137 @@
+"""`lazyllm.calibrate`: refusals before any work, the search logic, the report, save/load."""
+
+import json
+
+import pytest
+import torch
+from conftest import random_ids, tiny_llama
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import lazyllm
+import lazyllm.calibration as calibration
+from lazyllm.calibration import fraction_of, ladder
+
+
+class Tokenizer:
+    """Just enough of a tokenizer: text is already a list of token ids written as numbers."""
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+        ids = torch.tensor([[int(token) for token in text.split()]])
+        return type("Encoding", (), {"input_ids": ids})()
+
+
+def prompts(n, length=120):
+    return [random_ids(length, seed=seed)[0] for seed in range(n)]
+
+
+def faithful_above(threshold, monkeypatch):
+    """Answers agree with the baseline exactly when the candidate's prefill token fraction is >= threshold."""
+    calls = []
+
+    def answer(self, ids, config):
+        calls.append(config)
+        if config is None:
+            return "reference"
+        return "reference" if fraction_of(config, self.num_layers) >= threshold else "other"
+
+    monkeypatch.setattr(calibration.Search, "answer", answer)
+    return calls
+
+
+def test_the_cheapest_faithful_schedule_is_found_and_failures_stop_early(monkeypatch):
+    model = tiny_llama("xgen")  # 32 layers: a ladder with distinct fractions
+    calls = faithful_above(0.6, monkeypatch)
+    config = lazyllm.calibrate(model, Tokenizer(), prompts(10), min_agreement=0.9, min_prompt_tokens=0, progress=False)
+    tried = config.report["trials"]
+    passing = [t for t in tried if t["fraction"] >= 0.6]
+    assert fraction_of(config, 32) == min(t["fraction"] for t in passing) >= 0.6
+    assert all(t["answered"] == 2 and t["stopped_early"] for t in tried if t["fraction"] < 0.6), "1 miss allowed of 10"
+    assert len(calls) < 10 * (1 + len(tried)), "early stops save answers"
+    assert config.report["ttft_ratio"] > 0 and "agreement" in config.summary()
+
+
+def test_speed_target_returns_the_most_faithful_schedule_fast_enough(monkeypatch):
+    model = tiny_llama("xgen")
+    faithful_above(0.45, monkeypatch)
+    config = lazyllm.calibrate(
+        model, Tokenizer(), prompts(10), target="speed", speedup=2.0, min_prompt_tokens=0, progress=False
+    )
+    assert fraction_of(config, 32) <= 0.5
+    best = max(t["agreed"] for t in config.report["trials"])
+    assert best == 10 and fraction_of(config, 32) >= 0.45
+
+
+def test_no_schedule_meets_the_target_returns_no_pruning(monkeypatch):
+    faithful_above(2.0, monkeypatch)  # nothing agrees
+    config = lazyllm.calibrate(tiny_llama("gqa"), Tokenizer(), prompts(10), min_prompt_tokens=0, progress=False)
+    assert config.prune_layers == () and "none met the target" in config.summary()
+
+
+def test_end_to_end_on_a_tiny_model_patches_and_reports():
+    model = tiny_llama("gqa")
+    config = lazyllm.calibrate(
+        model, Tokenizer(), prompts(10), min_agreement=0.9, max_new_tokens=4, min_prompt_tokens=0, progress=False
+    )
+    assert isinstance(config, lazyllm.LazyConfig) and config.report["prompts"] == 10
+    lazyllm.patch(model, config)
+    with torch.inference_mode():
+        model.generate(random_ids(120), max_new_tokens=2, do_sample=False)
+    assert lazyllm.stats(model).schedule == config.describe()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(min_agreement=0.95), "at least 20 prompts"),
+        (dict(min_prompt_tokens=500), "shorter than min_prompt_tokens=500"),
+        (dict(target="both"), "target must be"),
+        (dict(target="speed"), "speedup > 1"),
+        (dict(min_agreement=1.0), "min_agreement must lie"),
+    ],
+)
+def test_requests_it_cannot_answer_are_refused_before_any_work(kwargs, message, monkeypatch):
+    model = tiny_llama("gqa")
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("no generation before the checks"))
+    with pytest.raises(lazyllm.ConfigError, match=message):
+        lazyllm.calibrate(model, Tokenizer(), prompts(16), **{"min_prompt_tokens": 0, **kwargs})
+
+
+def test_an_unsupported_model_is_refused():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64)).eval()
+    with pytest.raises(lazyllm.UnsupportedModelError):
+        lazyllm.calibrate(gpt2, Tokenizer(), prompts(16), progress=False)
+
+
+def test_prompts_as_text_chat_and_ids():
+    tokenizer = Tokenizer()
+    assert calibration.encode(tokenizer, "5 6 7").tolist() == [[5, 6, 7]]
+    assert calibration.encode(tokenizer, [5, 6, 7]).tolist() == [[5, 6, 7]]
+    assert calibration.encode(tokenizer, torch.tensor([5, 6])).tolist() == [[5, 6]]
+    with pytest.raises(lazyllm.ConfigError, match="must be a string"):
+        calibration.encode(tokenizer, [5.0, 6.0])
+
+
+def test_ladder_is_ordered_by_prefill_cost():
+    configs = ladder(30, (0.5, 0.25), (0.2, 0.5, 0.8))
+    fractions = [fraction_of(c, 30) for c in configs]
+    assert fractions == sorted(fractions) and len(set(fractions)) == 3
+    assert fraction_of(lazyllm.LazyConfig(prune_layers=(15,), keep_ratios=(0.5,)), 30) == 0.75
+
+
+def test_save_and_load_round_trip_with_the_model_depth(tmp_path):
+    model = tiny_llama("gqa")  # 6 layers
+    config = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), score_window=8, score_pool=3)
+    path = tmp_path / "c.json"
+    config.save(path, model)
+    data = json.loads(path.read_text())
+    assert data["num_layers"] == 6 and data["lazyllm"] == lazyllm.__version__
+    assert lazyllm.LazyConfig.load(path, model) == config
+    with pytest.raises(lazyllm.ConfigError, match="6 layers; this model has 32"):
+        lazyllm.LazyConfig.load(path, tiny_llama("xgen"))
+    data["config"]["future_option"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(lazyllm.ConfigError, match="future_option"):
+        lazyllm.LazyConfig.load(path)
+    path.write_text("[]")
+    with pytest.raises(lazyllm.ConfigError, match="not a lazyllm config file"):
+        lazyllm.LazyConfig.load(path)
