@@ -1,7 +1,8 @@
 """The `lazyllm` command: a side-by-side demo, generation on any local Llama-family model, the benchmark rig, info.
 
     lazyllm demo [--length 4000] [--schedule default] [--max-new-tokens 32]
-    lazyllm generate --model PATH_OR_NAME --prompt-file FILE [--schedule S] [--max-new-tokens N] [--chat/--no-chat]
+    lazyllm generate --model PATH_OR_NAME --prompt-file FILE [--schedule S | --config FILE] [--max-new-tokens N]
+    lazyllm calibrate --model PATH_OR_NAME --prompts FILE.jsonl [--min-agreement 0.9 | --speedup 2.5] --out FILE
     lazyllm bench [--profile quick ...]        (the rig's own options: `lazyllm bench --help`)
     lazyllm info
 
@@ -75,13 +76,29 @@ def _check_schedule_syntax(schedule: str) -> None:
     LazyConfig.parse(schedule, num_layers=1_000_000)
 
 
-def _schedule(schedule: str, num_layers: int, min_prompt_tokens: int | None) -> Any:
+def _schedule(args: argparse.Namespace, model: Any) -> Any:
+    """The config asked for: `--config FILE` (checked against the model's depth) or `--schedule`."""
+    import dataclasses
+
     from lazyllm.config import LazyConfig
 
     overrides: dict[str, Any] = {}
-    if min_prompt_tokens is not None:
-        overrides["min_prompt_tokens"] = min_prompt_tokens
-    return LazyConfig.parse(schedule, num_layers, **overrides)
+    if args.min_prompt_tokens is not None:
+        overrides["min_prompt_tokens"] = args.min_prompt_tokens
+    if args.config:
+        return dataclasses.replace(LazyConfig.load(args.config, model), **overrides)
+    return LazyConfig.parse(args.schedule, model.config.num_hidden_layers, **overrides)
+
+
+def _check_config_options(args: argparse.Namespace) -> None:
+    """Before the model load: `--config` exists and is not combined with `--schedule`; the schedule parses."""
+    if args.config:
+        if args.schedule != "default":
+            raise CLIError("give either --config or --schedule, not both")
+        if not Path(args.config).expanduser().is_file():
+            raise CLIError(f"config file not found: {args.config}")
+    else:
+        _check_schedule_syntax(args.schedule)
 
 
 def _load(name: str, dtype: str, device: str) -> tuple[Any, Any]:
@@ -169,11 +186,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CLIError(f"--length must be at least 64 tokens, got {args.length}")
     if args.max_new_tokens < 1 or args.repeats < 1:
         raise CLIError("--max-new-tokens and --repeats must be at least 1")
-    _check_schedule_syntax(args.schedule)
+    _check_config_options(args)
     device = _device(args.device)
     progress = not args.no_progress
     model, tokenizer = _load(args.model, args.dtype, device)
-    config = _schedule(args.schedule, model.config.num_hidden_layers, args.min_prompt_tokens)
+    config = _schedule(args, model)
     lazyllm.patch(model, config)  # refuse an unsupported model before the slow part
     lazyllm.unpatch(model)
 
@@ -256,10 +273,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     text = _read_prompt(args.prompt_file)
-    _check_schedule_syntax(args.schedule)
+    _check_config_options(args)
     device = _device(args.device)
     model, tokenizer = _load(args.model, args.dtype, device)
-    config = _schedule(args.schedule, model.config.num_hidden_layers, args.min_prompt_tokens)
+    config = _schedule(args, model)
     lazyllm.patch(model, config)
     inputs, templated = _encode(tokenizer, text, args.chat, device)
     _step(
@@ -275,6 +292,62 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print()
     print(f"--- lazyllm stats (generate took {elapsed:.2f} s) ---")
     print(stats.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lazyllm calibrate
+# ----------------------------------------------------------------------------------------------------------------
+def _read_prompts(path: str, tokenizer: Any, chat: bool | None) -> list[Any]:
+    """Prompts of a JSON-lines file: a string, or {"prompt": str}, {"messages": [...]} or {"input_ids": [...]}."""
+    import json
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CLIError(f"prompts file not found: {path}")
+    prompts = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise CLIError(f"{path}:{number} is not JSON: write one JSON string or object per line") from None
+        if isinstance(item, dict) and ("messages" in item or "input_ids" in item):
+            prompts.append(item.get("messages") or item["input_ids"])
+        elif isinstance(item, (str, dict)) and (isinstance(item, str) or isinstance(item.get("prompt"), str)):
+            text = item if isinstance(item, str) else item["prompt"]
+            prompts.append(_encode(tokenizer, text, chat, "cpu")[0]["input_ids"][0])
+        else:
+            raise CLIError(f"{path}:{number}: expected a string or an object with prompt, messages or input_ids")
+    return prompts
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import lazyllm
+
+    if args.speedup is not None and args.min_agreement is not None:
+        raise CLIError("give either --min-agreement (fidelity target) or --speedup (speed target), not both")
+    device = _device(args.device)
+    model, tokenizer = _load(args.model, args.dtype, device)
+    prompts = _read_prompts(args.prompts, tokenizer, args.chat)
+    target = "speed" if args.speedup is not None else "fidelity"
+    options: dict[str, Any] = {"min_agreement": args.min_agreement or 0.9, "speedup": args.speedup}
+    if args.min_prompt_tokens is not None:
+        options["min_prompt_tokens"] = args.min_prompt_tokens
+    _step(f"calibrating on {len(prompts)} prompts ({target} target)")
+    config = lazyllm.calibrate(
+        model,
+        tokenizer,
+        prompts,
+        target=target,
+        max_new_tokens=args.max_new_tokens,
+        progress=not args.no_progress,
+        **options,
+    )
+    config.save(args.out, model)
+    print(config.summary())
+    print(f"saved to {args.out}: use it with `lazyllm generate --config {args.out}` or lazyllm.LazyConfig.load")
     return 0
 
 
@@ -330,13 +403,28 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Parser and entry point
 # ----------------------------------------------------------------------------------------------------------------
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
+    """Options of the commands that load a model; `schedule`: also --schedule / --config."""
+    if schedule:
+        _add_schedule_options(parser)
+    _add_loading_options(parser)
+
+
+def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--schedule",
         default="default",
         help="a preset (off, default, balanced, aggressive) or 'layer:keep,...' such as '8:0.5,16:0.3,24:0.1' "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a config saved by `lazyllm calibrate` or LazyConfig.save, instead of --schedule",
+    )
+
+
+def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-prompt-tokens",
         type=int,
@@ -400,6 +488,39 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--json", action="store_true", help="print the answer and all stats as one JSON object")
     _add_model_options(generate)
     generate.set_defaults(handler=cmd_generate)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="find the fastest schedule that keeps a model's answers on your own prompts (no labels)",
+        description="Answer your prompts with the unpruned model, then search schedules (cut depths, keep shares) "
+        "for the fastest one whose whole greedy answers agree with the unpruned ones on at least --min-agreement "
+        "of the prompts (or the most faithful one at --speedup). Saves the config for --config.",
+    )
+    calibrate.add_argument(
+        "--model", required=True, metavar="PATH_OR_NAME", help="'smollm2', a .gguf file or a local HF directory"
+    )
+    calibrate.add_argument(
+        "--prompts",
+        required=True,
+        metavar="FILE.jsonl",
+        help='one prompt per line: a JSON string, or {"prompt": ...}, {"messages": [...]} or {"input_ids": [...]}',
+    )
+    calibrate.add_argument("--min-agreement", type=float, default=None, help="fidelity target (default: 0.9)")
+    calibrate.add_argument(
+        "--speedup", type=float, default=None, help="speed target: prefill at least this much faster"
+    )
+    calibrate.add_argument(
+        "--max-new-tokens", type=int, default=32, help="answer length compared (default: %(default)s)"
+    )
+    calibrate.add_argument("--out", required=True, metavar="FILE", help="where to save the config (JSON)")
+    calibrate.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap text prompts in the tokenizer's chat template (default: when the tokenizer has one)",
+    )
+    _add_model_options(calibrate, schedule=False)
+    calibrate.set_defaults(handler=cmd_calibrate)
 
     # Listed here for `lazyllm --help`; its arguments go to the rig untouched (see main).
     commands.add_parser(

@@ -59,7 +59,9 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], status: int, *frag
 
 
 # -- help ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["generate", "--help"], ["info", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["demo", "--help"], ["generate", "--help"], ["calibrate", "--help"], ["info", "--help"]]
+)
 def test_help_of_every_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -224,3 +226,62 @@ def test_demo_on_smollm2(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"schedule:  {LazyConfig.preset('default', 30).describe()} (min_prompt_tokens=0)" in out
     assert "expected:  " in out and "speedup" in out
     assert "prefill: pruned" in out and "prefill_token_fraction: 0.90" in out
+
+
+# -- calibrate and --config ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    lines = [json.dumps(" ".join(f"w{(7 * i + k) % (VOCAB - 2)}" for i in range(200))) for k in range(8)]
+    lines += [json.dumps({"prompt": " ".join(f"w{(3 * i) % (VOCAB - 2)}" for i in range(200))})]
+    lines += [json.dumps({"input_ids": [(5 * i) % VOCAB for i in range(200)]})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_calibrate_saves_a_config_that_generate_uses(
+    tiny_dir: Path, prompts_file: Path, prompt_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tiny.lazyllm.json"
+    argv = ["calibrate", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--out", str(out), "--no-chat"]
+    assert main([*argv, "--max-new-tokens", "3", "--min-prompt-tokens", "0", "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    assert "calibrated on 10 prompts" in report and f"saved to {out}" in report
+    saved = LazyConfig.load(out)
+    argv = ["generate", "--model", str(tiny_dir), "--prompt-file", str(prompt_file), "--no-chat", "--json"]
+    assert main([*argv, "--config", str(out), "--max-new-tokens", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stats"]["schedule"] == saved.describe()
+
+
+def test_calibrate_refuses_too_few_prompts(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "few.jsonl"
+    path.write_text(json.dumps("w1 w2 w3") + "\n", encoding="utf-8")
+    argv = ["calibrate", "--model", str(tiny_dir), "--prompts", str(path), "--out", str(tmp_path / "c.json")]
+    assert_one_line_error(capsys, main([*argv, "--min-prompt-tokens", "0"]), "needs at least 10 prompts")
+
+
+def test_config_and_schedule_together_are_refused(
+    prompt_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "generate",
+        "--model",
+        "x",
+        "--prompt-file",
+        str(prompt_file),
+        "--config",
+        "c.json",
+        "--schedule",
+        "aggressive",
+    ]
+    assert_one_line_error(capsys, main(argv), "either --config or --schedule")
+
+
+def test_config_of_another_depth_is_refused(
+    tiny_dir: Path, prompt_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "deep.json"
+    LazyConfig(prune_layers=(8, 16), keep_ratios=(0.5, 0.2)).save(path, tiny_llama("xgen"))
+    argv = ["generate", "--model", str(tiny_dir), "--prompt-file", str(prompt_file), "--config", str(path)]
+    assert_one_line_error(capsys, main(argv), "32 layers; this model has 6")
