@@ -58,6 +58,8 @@ class LazyConfig:
         decode_window: in decoding, let the window slide: each step scores with the queries of the newest
             `score_window` tokens (the new token and those before it, prompt tokens included), so the choice
             changes little from step to step. Only the new token's query is computed; the others are kept.
+        score_layers: average the scores of this many layers before the cut (those since the previous cut at
+            most), so that one layer whose attention is unfocused does not decide alone. 1 = the layer before.
         score_pool: max-pool the scores over this many neighbouring positions (odd) before choosing, so that a
             number, name or phrase whose first token scores high goes on whole. 1 = no pooling.
         keep_sinks: always keep the first `keep_sinks` prompt tokens (attention sinks).
@@ -75,6 +77,7 @@ class LazyConfig:
     seed: int = 0
     score_window: int = 1
     decode_window: bool = False
+    score_layers: int = 1
     score_pool: int = 1
     keep_sinks: int = 0
     keep_recent: int = 0
@@ -112,7 +115,7 @@ class LazyConfig:
         self._check_scoring()
 
     def _check_scoring(self) -> None:
-        for name in ("score_window", "score_pool"):
+        for name in ("score_window", "score_layers", "score_pool"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1 (1 = the paper's score), got {value!r}.")
@@ -180,6 +183,13 @@ class LazyConfig:
                 f"prune_layers {self.prune_layers} reach past the model's {num_layers} layers: use indices below {num_layers}."
             )
 
+    def scoring_layers(self, cut_layer: int) -> range:
+        """The layers whose attention scores the tokens at `cut_layer`: up to `score_layers` of them, all after
+        the previous cut (they hold the same tokens)."""
+        index = self.prune_layers.index(cut_layer)
+        start = self.prune_layers[index - 1] if index else 0
+        return range(max(start, cut_layer - self.score_layers), cut_layer)
+
     def keep_counts(self, prompt_tokens: int) -> list[int]:
         """Tokens that each pruning layer keeps of a row with `prompt_tokens` tokens (all of them when it is short)."""
         if prompt_tokens < self.min_prompt_tokens:
@@ -197,6 +207,7 @@ class LazyConfig:
             for label, value, default in (
                 ("window", self.score_window, 1),
                 ("slide", "" if self.decode_window else None, None),
+                ("layers", self.score_layers, 1),
                 ("pool", self.score_pool, 1),
                 ("sinks", self.keep_sinks, 0),
                 ("recent", self.keep_recent, 0),

@@ -271,9 +271,13 @@ def reselect(
     config = runtime.config
     entries = state.entries(index - 1).to(device)  # (B, T): the tokens the layer before holds
     attended = entries >= 0 if chosen is None else lookup(chosen, entries)
-    scores = token_scores(runtime, state, cache, layers, index - 1, tokens, entries, attended, embeddings, prefill)
+    sources = config.scoring_layers(index)
+    table = sum(
+        score_table(runtime, state, cache, layers, source, tokens, chosen, width, embeddings, prefill)
+        for source in sources
+    ) / len(sources)
+    table = pool_neighbours(table, config.score_pool)  # (B, width) score per position
     is_prompt = state.is_prompt(entries)
-    table = pool_neighbours(to_table(scores, entries, width, 0.0), config.score_pool)  # (B, width) score per position
     candidates = to_table(attended & is_prompt, entries, width, False)
     forced = always_kept(config, state, candidates, tokens, prefill)
     keep = state.keep_counts[:, cut].to(device)
@@ -299,6 +303,25 @@ def reselect(
     )
     index_on, positions_on = pack(pool.positions, goes_on)
     return Tokens(gather_rows(pool.hidden, index_on), positions_on), chosen, revived
+
+
+def score_table(
+    runtime: LazyRuntime,
+    state: LazyState,
+    cache: DynamicCache,
+    layers: nn.ModuleList,
+    source: int,
+    tokens: Tokens,
+    chosen: torch.Tensor | None,
+    width: int,
+    embeddings: tuple[torch.Tensor, torch.Tensor],
+    prefill: bool,
+) -> torch.Tensor:
+    """`(B, width)` scores by position, from the attention in layer `source` (0 where it holds no entry)."""
+    entries = state.entries(source).to(tokens.hidden.device)  # (B, T)
+    attended = entries >= 0 if chosen is None else lookup(chosen, entries)
+    scores = token_scores(runtime, state, cache, layers, source, tokens, entries, attended, embeddings, prefill)
+    return to_table(scores, entries, width, 0.0)
 
 
 def token_scores(

@@ -75,7 +75,8 @@ class LazyRuntime:
 
     def _install_hooks(self, model: nn.Module) -> None:
         layers = model.model.layers
-        for layer_index in sorted({p - 1 for p in self.config.prune_layers}):
+        scoring = {layer for cut in self.config.prune_layers for layer in self.config.scoring_layers(cut)}
+        for layer_index in sorted(scoring):
             module = self.adapter.query_module(layers[layer_index])
             self._hooks.append(module.register_forward_hook(self._capture_query(layer_index)))
 

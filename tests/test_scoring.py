@@ -180,6 +180,7 @@ def test_scoring_options_prune_and_decode_with_revival_once():
     [
         dict(score_window=0),
         dict(decode_window=1),
+        dict(score_layers=0),
         dict(score_pool=4),
         dict(score_pool=0),
         dict(keep_sinks=-1),
@@ -230,3 +231,35 @@ def test_a_window_of_one_slides_as_the_paper_decodes():
             outputs.append(model.generate(ids, max_new_tokens=16, do_sample=False))
         outputs.append(lazyllm.stats(model).revived_tokens)
     assert torch.equal(outputs[0], outputs[2]) and outputs[1] == outputs[3] > 0
+
+
+def test_scores_of_several_layers_are_averaged(monkeypatch):
+    """score_layers=3 at a cut of layer 4: the mean of layers 1-3's window scores, as the eager maps give them."""
+    model = tiny_llama("gqa", "eager")
+    ids = random_ids(100)
+    with torch.inference_mode():
+        maps = model(ids, output_attentions=True).attentions
+    tables = []
+    score_table = lazyllm.forward.score_table
+
+    def spy(*args):
+        tables.append(score_table(*args))
+        return tables[-1]
+
+    monkeypatch.setattr(lazyllm.forward, "score_table", spy)
+    config = lazyllm.LazyConfig(
+        prune_layers=(4,), keep_ratios=(0.5,), min_prompt_tokens=0, score_window=4, score_layers=3
+    )
+    lazyllm.patch(model, config)
+    with torch.inference_mode():
+        model(ids, logits_to_keep=1)
+    assert len(tables) == 3
+    for layer, table in zip((1, 2, 3), tables):
+        expected = maps[layer][:, :, -4:].mean(dim=2).mean(dim=1)
+        assert (table - expected).abs().max().item() < 1e-6
+
+
+def test_scoring_layers_stay_after_the_previous_cut():
+    config = lazyllm.LazyConfig(prune_layers=(2, 5), keep_ratios=(0.5, 0.2), score_layers=4)
+    assert list(config.scoring_layers(2)) == [0, 1] and list(config.scoring_layers(5)) == [2, 3, 4]
+    assert list(lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,)).scoring_layers(3)) == [2]

@@ -42,6 +42,8 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "window32+pool7+static": dict(score_window=32, score_pool=7, revive=False),
     "window32+slide+pool7": dict(score_window=32, decode_window=True, score_pool=7),
     "pool7": dict(score_pool=7),
+    "window32+layers4+pool7": dict(score_window=32, score_layers=4, score_pool=7),
+    "window32+layers8+pool7": dict(score_window=32, score_layers=8, score_pool=7),
     "window32+pool15": dict(score_window=32, score_pool=15),
     "window8+pool7": dict(score_window=8, score_pool=7),
     "window64+pool7": dict(score_window=64, score_pool=7),
