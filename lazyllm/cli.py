@@ -124,7 +124,8 @@ def _encode(tokenizer: Any, text: str, chat: bool | None, device: str) -> tuple[
     prompt = chat_prompt(tokenizer, text) if templated else text
     # A chat template writes its own special tokens (bos included): do not add them a second time.
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
-    return {key: value.to(device) for key, value in inputs.items()}, templated
+    # Only what a causal LM's generate() takes: some tokenizers also return token_type_ids.
+    return {key: inputs[key].to(device) for key in ("input_ids", "attention_mask") if key in inputs}, templated
 
 
 def _generation_kwargs(tokenizer: Any, max_new_tokens: int) -> dict[str, Any]:

@@ -8,6 +8,24 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 torch.set_num_threads(2)
 
+REAL_MODEL_FILES = ("test_models.py", "test_tasks.py")  # the packaged SmolLM2 and its tokenizer throughout
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_model: needs the packaged SmolLM2 (its GGUF conversion and tokenizer)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that load the real model, so that `-m "not real_model"` runs the tiny-model suite."""
+    for item in items:
+        if (
+            item.path.name in REAL_MODEL_FILES
+            or "smollm2" in item.name
+            or "smollm2" in getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.real_model)
+
+
 # name -> LlamaConfig overrides. "xgen" is XGen-7B's shape scaled down: multi-head attention, 32 layers.
 TINY_SHAPES = {
     "mha": dict(num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=4),
