@@ -57,3 +57,10 @@ def test_read_records_keeps_the_last_of_a_repeated_key(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in first + second + [{"kind": "speed"}]) + "\n")
     (record,) = read_records([path])
     assert record["agree"] is False
+
+
+def test_a_candidate_that_answered_only_some_prompts_cannot_be_chosen():
+    half_run = records("half", 0.5, (1,) * 3, (1,) * 3)  # perfect on the 3 prompts it reached, of 10
+    table = {row["name"]: row for row in candidates_table(BASELINE + half_run)}
+    assert not table["half"]["complete"] and not table["half"]["passes"]
+    assert choose(BASELINE + half_run) is None

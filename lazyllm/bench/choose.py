@@ -71,16 +71,19 @@ def candidates_table(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per candidate, pooled over every prompt it answered: the figures the rule reads, and whether it passes.
 
     Accuracy is pooled over the working tasks only, on the prompts the candidate answered (so a partial sweep
-    compares like with like)."""
+    compares like with like). Only a candidate that answered every prompt the baseline answered can pass: a
+    half-run cell decides nothing."""
     working = working_tasks(records)
+    prompts = sum(r["name"] == "baseline" for r in records)
     rows = []
     for cell in cells(records, by=("name",)):
         mine = [r for r in records if r["name"] == cell["name"]]
         judged = [r for r in mine if r["task"] in working]
         accuracy = sum(r["correct"] for r in judged) / len(judged) if judged else float("nan")
         baseline = sum(r["baseline_correct"] for r in judged) / len(judged) if judged else float("nan")
-        passes = cell["agreement"] >= MIN_AGREEMENT and not accuracy < baseline - MAX_ACCURACY_DROP
-        rows.append(dict(cell, working_accuracy=accuracy, working_baseline=baseline, passes=passes))
+        complete = cell["n"] >= prompts
+        passes = complete and cell["agreement"] >= MIN_AGREEMENT and not accuracy < baseline - MAX_ACCURACY_DROP
+        rows.append(dict(cell, working_accuracy=accuracy, working_baseline=baseline, complete=complete, passes=passes))
     return sorted(rows, key=lambda row: (row["prefill_token_fraction"], -row["agreement"]))
 
 
@@ -88,6 +91,10 @@ def choose(records: Sequence[dict[str, Any]]) -> str | None:
     """The name of the fastest candidate that passes the rule, or None."""
     passing = [row for row in candidates_table(records) if row["passes"] and row["name"] != "baseline"]
     return passing[0]["name"] if passing else None
+
+
+def verdict(row: dict[str, Any]) -> str:
+    return "yes" if row["passes"] else "no" if row["complete"] else "incomplete"
 
 
 def render(rows: Sequence[dict[str, Any]]) -> str:
@@ -100,7 +107,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['name']} | {row['n']} | {row['prefill_token_fraction']:.3f} | {row['agreement']:.2f} "
             f"[{low:.2f}-{high:.2f}] | {row['f1']:.2f} | {row['working_accuracy']:.2f} "
-            f"(baseline {row['working_baseline']:.2f}) | {'yes' if row['passes'] else 'no'} |"
+            f"(baseline {row['working_baseline']:.2f}) | {verdict(row)} |"
         )
     return "\n".join(lines)
 
