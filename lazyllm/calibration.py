@@ -7,7 +7,7 @@
 
 The unpruned model's greedy answers to the prompts are the reference. Candidates are schedules of two cuts (a share
 of the prompt kept from a depth on, and a smaller share from halfway to the last layer) with the library's token
-score, ordered by prefill token fraction. A coarse ladder is searched by bisection (the cheaper a schedule, the fewer
+score (or the one of `scoring`), ordered by prefill token fraction. A coarse ladder is searched by bisection (the cheaper a schedule, the fewer
 answers it keeps), then the neighbours of the best one; a candidate stops on the prompt where it can no longer reach
 the target. The finalist's TTFT is measured against the unpruned model, side by side.
 """
@@ -86,6 +86,7 @@ def calibrate(
     speedup: float | None = None,
     max_new_tokens: int = 32,
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS,
+    scoring: LazyConfig | None = None,
     progress: bool = True,
 ) -> Calibration:
     """The schedule for `model` that best meets `target` on `prompts`, judged against the unpruned model's answers.
@@ -97,6 +98,8 @@ def calibrate(
             1 / `speedup` of the unpruned prefill's token-layers.
         max_new_tokens: length of the greedy answers compared (whole answers, not first tokens).
         min_prompt_tokens: the calibrated config's; every prompt must be at least this long.
+        scoring: a config whose token score (`score_window`, `score_pool`, ...; its schedule is ignored) every
+            candidate uses, e.g. `LazyConfig(score_window=32, score_pool=7)`; default: the library's.
 
     Raises `ConfigError` (too few or too short prompts, a bad target) and `UnsupportedModelError`, before any work.
     """
@@ -104,7 +107,8 @@ def calibrate(
     ids = [encode(tokenizer, prompt) for prompt in prompts]
     check_request(ids, target, min_agreement, speedup, min_prompt_tokens)
     start = time.perf_counter()
-    search = Search(model, ids, max_new_tokens, min_prompt_tokens, target, min_agreement, speedup, progress)
+    options = dict(scoring.scoring_options() if scoring else {}, min_prompt_tokens=min_prompt_tokens)
+    search = Search(model, ids, max_new_tokens, options, target, min_agreement, speedup, progress)
     best = search.run()
     ratio = ttft_ratio(model, max(ids, key=lambda x: x.shape[1]), best.config) if best else None
     report = {
@@ -115,7 +119,7 @@ def calibrate(
         "ttft_ratio": ratio,
         "seconds": time.perf_counter() - start,
     }
-    config = best.config if best else LazyConfig(min_prompt_tokens=min_prompt_tokens)
+    config = best.config if best else LazyConfig(**options)
     return Calibration(**{f.name: getattr(config, f.name) for f in dataclasses.fields(LazyConfig)}, report=report)
 
 
@@ -200,7 +204,7 @@ class Search:
         model: nn.Module,
         ids: Sequence[torch.Tensor],
         max_new_tokens: int,
-        min_prompt_tokens: int,
+        options: dict[str, Any],
         target: str,
         min_agreement: float,
         speedup: float | None,
@@ -208,7 +212,7 @@ class Search:
     ) -> None:
         self.model, self.ids, self.max_new_tokens = model, ids, max_new_tokens
         self.target, self.min_agreement, self.speedup = target, min_agreement, speedup
-        self.options = dict(min_prompt_tokens=min_prompt_tokens)
+        self.options = options  # LazyConfig fields every candidate shares
         self.num_layers = model.config.num_hidden_layers
         self.trials: list[Trial] = []
         self.bar = tqdm(desc="lazyllm calibrate", unit="answer", disable=not progress, leave=False)

@@ -336,6 +336,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"min_agreement": args.min_agreement or 0.9, "speedup": args.speedup}
     if args.min_prompt_tokens is not None:
         options["min_prompt_tokens"] = args.min_prompt_tokens
+    if args.score_window != 1 or args.score_pool != 1:
+        options["scoring"] = lazyllm.LazyConfig(score_window=args.score_window, score_pool=args.score_pool)
     _step(f"calibrating on {len(prompts)} prompts ({target} target)")
     config = lazyllm.calibrate(
         model,
@@ -514,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=32, help="answer length compared (default: %(default)s)"
     )
     calibrate.add_argument("--out", required=True, metavar="FILE", help="where to save the config (JSON)")
+    calibrate.add_argument(
+        "--score-window", type=int, default=1, metavar="W", help="token score: last W prompt tokens' attention"
+    )
+    calibrate.add_argument(
+        "--score-pool", type=int, default=1, metavar="K", help="token score: max-pooled over K neighbours (odd)"
+    )
     calibrate.add_argument(
         "--chat",
         action=argparse.BooleanOptionalAction,

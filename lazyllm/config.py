@@ -35,6 +35,13 @@ class ConfigError(ValueError):
     """A `LazyConfig` value that cannot work; the message says what to change."""
 
 
+# The fields that say how tokens are scored at a cut (as opposed to where the cuts are and how much they keep).
+SCORING_FIELDS = (
+    "score_window", "decode_window", "score_layers", "score_pool", "keep_sinks", "keep_recent", "head_reduce",
+    "keep_mass",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class LazyConfig:
     """What LazyLLM prunes, validated on construction.
@@ -218,6 +225,10 @@ class LazyConfig:
         parts += [f"mass{self.keep_mass:g}"] if self.keep_mass is not None else []
         return "+".join(parts) or "paper"
 
+    def scoring_options(self) -> dict[str, Any]:
+        """The token-score fields (score_window ... keep_mass), to carry a score over to another schedule."""
+        return {name: getattr(self, name) for name in SCORING_FIELDS}
+
     def save(self, path: str | Path, model: Any = None) -> None:
         """Write the config as JSON, with the library version and (given `model`) the model's name and depth."""
         from lazyllm import __version__
@@ -237,7 +248,9 @@ class LazyConfig:
         """Read a config written by `save`; given `model`, refuse one saved for a model of another depth."""
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-            raise ConfigError(f"{path} is not a lazyllm config file (written by LazyConfig.save or `lazyllm calibrate`).")
+            raise ConfigError(
+                f"{path} is not a lazyllm config file (written by LazyConfig.save or `lazyllm calibrate`)."
+            )
         known = {f.name for f in fields(LazyConfig)}
         unknown = sorted(set(data["config"]) - known)
         if unknown:

@@ -47,7 +47,9 @@ def attention_scores(
     visible = (allowed[:, None, :] & causal)[:, None, None]  # (B, 1, 1, w, T)
     probabilities = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
     real_queries = (query_positions >= 0).float()  # (B, w): empty slots do not vote
-    per_head = torch.einsum("bkgwt,bw->bkgt", probabilities, real_queries) / real_queries.sum(dim=1)[:, None, None, None]
+    per_head = (
+        torch.einsum("bkgwt,bw->bkgt", probabilities, real_queries) / real_queries.sum(dim=1)[:, None, None, None]
+    )
     per_head = per_head.flatten(1, 2)  # (B, H, T)
     return per_head.mean(dim=1) if head_reduce == "mean" else per_head.amax(dim=1)
 

@@ -79,6 +79,17 @@ def test_end_to_end_on_a_tiny_model_patches_and_reports():
     assert lazyllm.stats(model).schedule == config.describe()
 
 
+def test_every_candidate_uses_the_token_score_asked_for(monkeypatch):
+    calls = faithful_above(0.6, monkeypatch)
+    scoring = lazyllm.LazyConfig(score_window=8, score_pool=3, prune_layers=(1,), keep_ratios=(0.1,))
+    config = lazyllm.calibrate(
+        tiny_llama("xgen"), Tokenizer(), prompts(10), min_prompt_tokens=0, scoring=scoring, progress=False
+    )
+    tried = [c for c in calls if c is not None]
+    assert tried and all(c.score_window == 8 and c.score_pool == 3 for c in tried)
+    assert config.describe_scoring() == "window8+pool3" and config.prune_layers != (1,), "the schedule is searched"
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -244,10 +244,12 @@ def test_calibrate_saves_a_config_that_generate_uses(
 ) -> None:
     out = tmp_path / "tiny.lazyllm.json"
     argv = ["calibrate", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--out", str(out), "--no-chat"]
-    assert main([*argv, "--max-new-tokens", "3", "--min-prompt-tokens", "0", "--no-progress"]) == 0
+    options = ["--max-new-tokens", "3", "--min-prompt-tokens", "0", "--score-window", "4", "--score-pool", "3"]
+    assert main([*argv, *options, "--no-progress"]) == 0
     report = capsys.readouterr().out
     assert "calibrated on 10 prompts" in report and f"saved to {out}" in report
     saved = LazyConfig.load(out)
+    assert saved.describe_scoring() == "window4+pool3"
     argv = ["generate", "--model", str(tiny_dir), "--prompt-file", str(prompt_file), "--no-chat", "--json"]
     assert main([*argv, "--config", str(out), "--max-new-tokens", "2"]) == 0
     result = json.loads(capsys.readouterr().out)

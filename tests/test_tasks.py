@@ -88,7 +88,9 @@ def test_answers_and_evidence_in_prompt(samples, task, length):
             for value, needle in zip(sample.answers, sample.evidence):
                 assert value.isdigit() and len(value) == 7 and sample.prompt.count(value) == 1
                 assert needle == f"One of the special magic numbers for {key} is: {value}."
-            assert sample.prompt.endswith(f"What are all the special magic numbers for {key} mentioned in the provided text?")
+            assert sample.prompt.endswith(
+                f"What are all the special magic numbers for {key} mentioned in the provided text?"
+            )
             assert sample.answer_prefix.endswith(f"numbers for {key} mentioned in the provided text are")
         elif task.startswith("niah"):
             assert sample.metric == "all"
