@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 Selection = Literal["attention", "random"]
 HeadReduce = Literal["mean", "max"]
+Revival = Literal["paper", "beat_weakest"]
+DecodeAttend = Literal["selected", "held"]
 
 # Named schedules, written as (fraction of depth, keep ratio) so that one preset serves every depth.
 # A keep ratio is the share of the *prompt* kept from that layer on (not of the tokens left by the
@@ -74,6 +76,18 @@ class LazyConfig:
         head_reduce: "mean" (the paper) or "max" over query heads, so that one head's focus is enough.
         keep_mass: adaptive budget: each row keeps the fewest tokens whose scores cover this share of the
             attention mass, never more than the cut's keep ratio. None = always the keep ratio.
+
+    Decoding (with `revive`; the defaults are the paper's: every step re-selects the top share of the prompt with
+    its new token, attends only those, and computes the chosen parked tokens from where they stopped). Each token is
+    still computed at most once per layer whatever the options:
+        revival: which parked tokens a re-selection brings back. "paper": every chosen one. "beat_weakest": only
+            those scoring above the weakest token the layer would attend without them (the chosen tokens it holds);
+            the others stay parked, and so unattended, this step.
+        reselect_every: re-select every `k` decoding steps (the first step always does); the steps between attend
+            what the last re-selection chose, plus the tokens generated since, and revive nothing. 1 = every step.
+        decode_attend: what the layers after a cut attend in decoding. "selected" (the paper): the chosen tokens,
+            masking the KV a layer holds of tokens not chosen this step. "held": every KV entry the layer holds
+            (no mask on one query); the selection then only decides what is revived.
     """
 
     prune_layers: tuple[int, ...] = ()
@@ -90,6 +104,9 @@ class LazyConfig:
     keep_recent: int = 0
     head_reduce: HeadReduce = "mean"
     keep_mass: float | None = None
+    revival: Revival = "paper"
+    reselect_every: int = 1
+    decode_attend: DecodeAttend = "selected"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
@@ -120,6 +137,7 @@ class LazyConfig:
         if self.selection not in ("attention", "random"):
             raise ConfigError(f"selection must be 'attention' or 'random', got {self.selection!r}.")
         self._check_scoring()
+        self._check_decoding()
 
     def _check_scoring(self) -> None:
         for name in ("score_window", "score_layers", "score_pool"):
@@ -138,6 +156,15 @@ class LazyConfig:
             raise ConfigError(f"head_reduce must be 'mean' or 'max', got {self.head_reduce!r}.")
         if self.keep_mass is not None and not (0.0 < self.keep_mass <= 1.0):
             raise ConfigError(f"keep_mass must lie in (0, 1] or be None, got {self.keep_mass!r}.")
+
+    def _check_decoding(self) -> None:
+        if self.revival not in ("paper", "beat_weakest"):
+            raise ConfigError(f"revival must be 'paper' or 'beat_weakest', got {self.revival!r}.")
+        every = self.reselect_every
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ConfigError(f"reselect_every must be an integer >= 1 (1 = every step, the paper), got {every!r}.")
+        if self.decode_attend not in ("selected", "held"):
+            raise ConfigError(f"decode_attend must be 'selected' or 'held', got {self.decode_attend!r}.")
 
     @classmethod
     def preset(cls, name: str, num_layers: int, **overrides: object) -> LazyConfig:

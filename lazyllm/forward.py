@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from lazyllm.cache import AuxCache, LazyState, check_cache
+from lazyllm.cache import LazyState, check_cache
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.config import LazyConfig
 from lazyllm.families import check_attention_backend
 from lazyllm.scoring import attention_scores, mass_budget, pool_neighbours, random_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
+from lazyllm.spans import span
 from lazyllm.stats import LazyStats
 
 if TYPE_CHECKING:
@@ -193,63 +195,94 @@ def decode_step(
 def run_layers(
     runtime: LazyRuntime, base: nn.Module, state: LazyState, cache: DynamicCache, tokens: Tokens, prefill: bool
 ) -> torch.Tensor:
-    """Run every decoder layer on `tokens`, re-choosing them at pruning layers; returns the final-normed last token."""
+    """Run every decoder layer on `tokens`, re-choosing them at pruning layers; returns the final-normed last token.
+
+    Nothing in the loop waits for the device, except `pack` once per pruning layer (how many tokens go on).
+    """
     config = runtime.config
     layers = base.layers[: base.config.num_hidden_layers]
     pruning_index = {layer: i for i, layer in enumerate(config.prune_layers)}
-    reselects = prefill or config.revive  # static pruning: decoding attends whatever each layer holds
-    # Positions index the per-row tables below; layer 0 holds every token seen so far.
-    width = int(torch.cat([tokens.positions, state.entries(0).to(tokens.positions.device)], dim=1).max()) + 1
+    with span("bookkeeping"):
+        # Positions index the per-row tables below: the widest is 1 + the largest position (one host sync per call).
+        state.width = max(state.width, int(tokens.positions.max()) + 1)
+        reselects = prefill or (config.revive and (state.stats.decode_steps - 1) % config.reselect_every == 0)
     chosen: torch.Tensor | None = None  # (B, width): tokens the current layer may attend; None = all
     revived: list[torch.Tensor] = []
     computed: list[torch.Tensor] = []  # tokens computed per layer
     embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the current tokens
     mask: torch.Tensor | None = None
-    mask_ready = False
+    count: torch.Tensor | None = None  # () tokens computed by the current segment's layers
     runtime.capturing = True
     try:
         for index, layer in enumerate(layers):
-            if reselects and index in pruning_index:
-                tokens, chosen, revived_here = reselect(
-                    runtime,
-                    state,
-                    cache,
-                    layers,
-                    index,
-                    pruning_index[index],
-                    tokens,
-                    chosen,
-                    width,
-                    embeddings,
-                    prefill,
+            segment_starts = index == 0
+            if index in pruning_index:
+                tokens, chosen, revived_here = cut_at(
+                    runtime, state, cache, layers, index, tokens, chosen, embeddings, reselects, prefill
                 )
                 revived.append(revived_here)
-                embeddings, mask_ready = None, False
-            if embeddings is None:
+                segment_starts = True
+            if segment_starts:  # the layers up to the next cut compute the same tokens and hold the same entries
                 embeddings = base.rotary_emb(tokens.hidden, tokens.positions.clamp(min=0))
-            before = state.entries(index)
-            if not mask_ready or before.shape[1] > 0:  # in prefill one mask serves a whole segment
-                mask = attention_mask_for(base, state, before, tokens.positions, chosen, tokens.hidden.dtype)
-                mask_ready = True
-            hidden = layer(
-                tokens.hidden,
-                attention_mask=mask,
-                position_ids=tokens.positions.clamp(min=0),
-                use_cache=True,
-                **{CACHE_KWARG: cache},
-                position_embeddings=embeddings,
-            )
-            state.record(index, tokens.positions)
-            computed.append((tokens.positions >= 0).sum())
+                with span("mask"):
+                    before = state.entries(index)
+                    mask = attention_mask_for(base, state, before, tokens.positions, chosen, tokens.hidden.dtype)
+                count = (tokens.positions >= 0).sum()
+            with span("layers" if tokens.positions.shape[1] == 1 else "layers_revived"):
+                hidden = layer(
+                    tokens.hidden,
+                    attention_mask=mask,
+                    position_ids=tokens.positions.clamp(min=0),
+                    use_cache=True,
+                    **{CACHE_KWARG: cache},
+                    position_embeddings=embeddings,
+                )
+            with span("bookkeeping"):
+                state.record(index, tokens.positions)
+                computed.append(count)
             tokens = Tokens(hidden, tokens.positions)
     finally:
         runtime.capturing = False
         runtime.captured.clear()
-    record_stats(state, computed, revived, prefill)
+    with span("bookkeeping"):
+        record_stats(state, computed, revived, prefill)
     return base.norm(tokens.hidden[:, -1:])
 
 
-def reselect(
+def cut_at(
+    runtime: LazyRuntime,
+    state: LazyState,
+    cache: DynamicCache,
+    layers: nn.ModuleList,
+    index: int,
+    tokens: Tokens,
+    chosen: torch.Tensor | None,
+    embeddings: tuple[torch.Tensor, torch.Tensor],
+    reselects: bool,
+    prefill: bool,
+) -> tuple[Tokens, torch.Tensor | None, torch.Tensor]:
+    """At pruning layer `index`: the tokens that go on, the `(B, width)` table the following layers attend (None:
+    all they hold), and how many parked tokens were revived.
+
+    A step that does not re-select (static pruning, or between re-selections: `reselect_every`) attends what the last
+    re-selection chose, plus every generated token, and revives nothing.
+    """
+    config = runtime.config
+    cut = config.prune_layers.index(index)
+    attend_all = not prefill and (config.decode_attend == "held" or not config.revive)
+    if not reselects:
+        previous = state.chosen[cut]
+        attend = None if attend_all else F.pad(previous, (0, state.width - previous.shape[1]), value=True)
+        return tokens, attend, torch.zeros((), dtype=torch.long, device=tokens.hidden.device)
+    with span("scoring"):
+        chosen, revive = select(runtime, state, cache, layers, index, cut, tokens, chosen, embeddings, prefill)
+    with span("revival"):
+        tokens, revived = move_tokens(state, cut, tokens, chosen, revive, config.revive)
+    state.chosen[cut] = chosen
+    return tokens, None if attend_all else chosen, revived
+
+
+def select(
     runtime: LazyRuntime,
     state: LazyState,
     cache: DynamicCache,
@@ -258,17 +291,15 @@ def reselect(
     cut: int,
     tokens: Tokens,
     chosen: torch.Tensor | None,
-    width: int,
     embeddings: tuple[torch.Tensor, torch.Tensor],
     prefill: bool,
-) -> tuple[Tokens, torch.Tensor, torch.Tensor]:
-    """At pruning layer `index` (the `cut`-th), choose the tokens that go on; park the rest in Aux Cache `cut`.
-
-    Returns the tokens to compute from here on (those going on, plus parked ones chosen again), the
-    `(B, width)` table of tokens the following layers attend, and how many parked tokens were revived.
-    """
-    device = tokens.hidden.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose at pruning layer `index` (the `cut`-th): `(B, width)` the tokens to attend and the parked tokens that
+    come back (the paper: every chosen one; "beat_weakest": those scoring above every token the layer would
+    attend without them)."""
     config = runtime.config
+    device = tokens.hidden.device
+    width = state.width
     entries = state.entries(index - 1).to(device)  # (B, T): the tokens the layer before holds
     attended = entries >= 0 if chosen is None else lookup(chosen, entries)
     sources = config.scoring_layers(index)
@@ -286,23 +317,41 @@ def reselect(
         keep = torch.where(keep < candidates.sum(dim=1), torch.minimum(keep, adaptive), keep)
     chosen = top_k_per_row(table.masked_fill(forced, float("inf")), candidates, keep)
     chosen |= to_table(attended & ~is_prompt, entries, width, False)  # generated tokens are never pruned
+    revive = chosen
+    if config.revival == "beat_weakest" and not prefill:
+        held = to_table(state.entries(index).to(device) >= 0, state.entries(index).to(device), width, False)
+        weakest = table.masked_fill(~(chosen & held & candidates), float("inf")).amin(dim=1, keepdim=True)  # (B, 1)
+        revive = chosen & ((table > weakest) | held)
+    return chosen, revive
 
-    parked = state.aux[cut]
-    pool = tokens
-    if parked is not None:
-        pool = Tokens(
-            torch.cat([tokens.hidden, parked.hidden.to(device)], dim=1),
-            torch.cat([tokens.positions, parked.positions.to(device)], dim=1),
-        )
-    goes_on = lookup(chosen, pool.positions)
-    if config.revive:
-        index_off, positions_off = pack(pool.positions, ~goes_on)
-        state.aux[cut] = AuxCache(gather_rows(pool.hidden, index_off), positions_off)
-    revived = (
-        lookup(chosen, parked.positions.to(device)).sum() if parked is not None else torch.zeros((), device=device)
-    )
-    index_on, positions_on = pack(pool.positions, goes_on)
-    return Tokens(gather_rows(pool.hidden, index_on), positions_on), chosen, revived
+
+def move_tokens(
+    state: LazyState, cut: int, tokens: Tokens, chosen: torch.Tensor, revive: torch.Tensor, keep_aux: bool
+) -> tuple[Tokens, torch.Tensor]:
+    """Tokens that go on past cut `cut`: those of `tokens` that are `chosen`, and the parked ones to `revive`;
+    the others of `tokens` are parked in the cut's Aux Cache (when `keep_aux`). Returns them (sorted by position,
+    empty slots first) and how many were revived."""
+    aux = state.aux[cut]
+    device = tokens.hidden.device
+    goes_on = lookup(chosen, tokens.positions)
+    index_on, positions_on = pack(tokens.positions, goes_on)
+    going_on = Tokens(gather_rows(tokens.hidden, index_on), positions_on)
+    revived = torch.zeros((), dtype=torch.long, device=device)
+    if aux.positions is not None:
+        back = lookup(revive, aux.positions.to(device))  # (B, M)
+        revived = back.sum()
+        hidden_back, positions_back = aux.take(back)
+        if positions_back.shape[1]:
+            positions = torch.cat([positions_on, positions_back.to(device)], dim=1)
+            order, positions = pack(positions, positions >= 0)
+            going_on = Tokens(
+                gather_rows(torch.cat([going_on.hidden, hidden_back.to(device)], dim=1), order), positions
+            )
+    if keep_aux:
+        index_off, positions_off = pack(tokens.positions, ~goes_on)
+        if positions_off.shape[1]:
+            aux.append(positions_off, gather_rows(tokens.hidden, index_off))
+    return going_on, revived
 
 
 def score_table(
@@ -426,7 +475,7 @@ def attention_mask_for(
 def record_stats(state: LazyState, computed: list[torch.Tensor], revived: list[torch.Tensor], prefill: bool) -> None:
     """Fold one call's counts into `state.stats`, reading them from the device in one go."""
     device = computed[0].device
-    parked = [(aux.positions >= 0).sum() for aux in state.aux if aux is not None]
+    parked = [aux.held() for aux in state.aux]
     figures = torch.stack([t.to(device) for t in (*computed, *revived, *parked)]).tolist()
     per_layer = [int(n) for n in figures[: len(computed)]]
     revived_count = int(sum(figures[len(computed) : len(computed) + len(revived)]))
@@ -437,6 +486,7 @@ def record_stats(state: LazyState, computed: list[torch.Tensor], revived: list[t
         new_tokens = state.first_generated.numel() * len(per_layer)  # every row's new token, in every layer
         stats.decode_token_layers += sum(per_layer)
         stats.revived_tokens += revived_count
+        stats.revived_per_step.append(revived_count)
         stats.revived_token_layers += sum(per_layer) - new_tokens
     stats.aux_cache_tokens = int(sum(figures[len(computed) + len(revived) :]))
     stats.aux_cache_bytes = state.aux_bytes()

@@ -24,6 +24,7 @@ class LazyStats:
     decode_token_layers: int = 0  # token-layers computed in decoding (new tokens and revived ones)
     revived_tokens: int = 0  # times a token was taken back from an Aux Cache in decoding
     revived_token_layers: int = 0  # token-layers those revivals computed
+    revived_per_step: list[int] = field(default_factory=list)  # tokens revived in each decoding step
     aux_cache_tokens: int = 0  # tokens held in Aux Caches after the last call
     aux_cache_bytes: int = 0
     recomputed_token_layers: int | None = None  # self-check at the end of generate(): must be 0
@@ -49,6 +50,14 @@ class LazyStats:
         full = sum(self.prompt_tokens) * self.num_layers
         return (self.prefill_token_layers + self.revived_token_layers) / full if full else 1.0
 
+    @property
+    def whole_generation_token_fraction(self) -> float:
+        """Token-layers computed over the whole generation / what the unpruned model computes for it (prompt and
+        every decoding step's new token in every layer): 1.0 unpruned, lower is less work."""
+        rows = len(self.prompt_tokens)
+        full = (sum(self.prompt_tokens) + rows * self.decode_steps) * self.num_layers
+        return self.total_token_layers / full if full else 1.0
+
     def as_dict(self) -> dict[str, Any]:
         """All fields and derived figures, JSON-ready."""
         return {
@@ -57,6 +66,7 @@ class LazyStats:
             "prefill_token_fraction": self.prefill_token_fraction,
             "total_token_layers": self.total_token_layers,
             "prompt_token_fraction_total": self.prompt_token_fraction_total,
+            "whole_generation_token_fraction": self.whole_generation_token_fraction,
         }
 
     def summary(self) -> str:

@@ -1,0 +1,293 @@
+"""Decode breakdown: whole generations of the unpruned model and of each (schedule, revival policy), step by step.
+
+    python -m lazyllm.bench.decode --length 4096 --new-tokens 96 --schedules default balanced aggressive \\
+        --policies paper beat_weakest --rounds 2 --out benchmarks/results/decode.jsonl
+
+Every configuration runs one greedy `generate()` per round (interleaved: baseline, A, B, ..., baseline, A, ...,
+after one warm-up round), always to `--new-tokens` tokens. A logits processor stamps the clock at every step, so
+each decoding step's wall time is known; the table gives TTFT, ms/token of steps 1-16 and of the steps after, the
+whole generation (and its speedup over the baseline at a few answer lengths), tokens revived and the share of
+token-layers the whole generation computed. With `--breakdown`, one more run per configuration times the ranges
+of the pruned forward (`lazyllm.spans`): layers (split by whether they compute revived tokens), scoring and
+selection, revival (the Aux Cache), masks, bookkeeping; "other" is the rest of a step (embedding, LM head,
+generate()). On CUDA each range is bracketed by synchronisations, so the breakdown run is slower than the timed
+ones. Results are appended as JSON lines (machine, versions, command) and printed as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList
+
+import lazyllm
+import lazyllm.models
+from lazyllm.bench.frontier import machine
+from lazyllm.bench.tasks import build_samples, chat_prompt
+from lazyllm.bench.timing import synchronize
+from lazyllm.spans import recording
+
+BASELINE = "baseline"
+# Revival policies compared, by label (LazyConfig fields); "paper" is the paper's behaviour (the default).
+POLICIES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "beat_weakest": dict(revival="beat_weakest"),
+    "every8": dict(reselect_every=8),
+    "held": dict(decode_attend="held"),
+    "held+beat_weakest": dict(decode_attend="held", revival="beat_weakest"),
+    "static": dict(revive=False),
+}
+EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
+ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)
+
+
+class StepClock:
+    """A logits processor that stamps the clock at every generation step (step 0 comes right after prefill)."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+@dataclasses.dataclass
+class Generation:
+    """One timed generate(): TTFT, each decoding step's wall time, the whole call, and lazyllm's stats."""
+
+    ttft_s: float
+    step_ms: list[float]  # decoding steps 1..N-1
+    total_s: float
+    stats: dict[str, Any] | None
+
+    def whole_s(self, new_tokens: int) -> float:
+        """Wall time of a generation of `new_tokens` tokens (TTFT plus its first `new_tokens - 1` steps)."""
+        return self.ttft_s + sum(self.step_ms[: new_tokens - 1]) / 1000.0
+
+
+def timed_generation(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, device: str) -> Generation:
+    clock = StepClock(device)
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([clock]),
+        )
+    synchronize(device)
+    end = time.perf_counter()
+    stamps = clock.stamps
+    steps = [1000.0 * (b - a) for a, b in zip(stamps, stamps[1:])]
+    stats = lazyllm.stats(model).as_dict() if lazyllm.is_patched(model) else None
+    return Generation(stamps[0] - start, steps, end - start, stats)
+
+
+class RangeTimer:
+    """The recorder of `lazyllm.spans`: total wall time per range, counted only while `active`."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.active = False
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.totals[name] += time.perf_counter() - start
+
+
+def breakdown(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, device: str) -> dict[str, float]:
+    """ms per decoding step in each range of the forward, and "other" (the rest of the step), from one run."""
+    timer = RangeTimer(device)
+
+    def start_counting(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        timer.active = True  # the first call comes right after prefill: only decoding steps are counted
+        return scores
+
+    clock = StepClock(device)
+    with recording(timer), torch.inference_mode():
+        model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([clock, start_counting]),
+        )
+    steps = new_tokens - 1
+    per_step = {name: 1000.0 * total / steps for name, total in sorted(timer.totals.items())}
+    step_ms = 1000.0 * (clock.stamps[-1] - clock.stamps[0]) / steps
+    per_step["other"] = step_ms - sum(per_step.values())
+    per_step["step"] = step_ms
+    return per_step
+
+
+def configurations(schedules: Sequence[str], policies: Sequence[str], num_layers: int) -> dict[str, Any]:
+    """name -> LazyConfig (None for the baseline): every schedule with every policy, pruning prompts of any length."""
+    configs: dict[str, Any] = {BASELINE: None}
+    for schedule in schedules:
+        for policy in policies:
+            if policy not in POLICIES:
+                raise SystemExit(f"unknown policy {policy!r}: choose from {', '.join(POLICIES)}")
+            name = schedule if policy == "paper" else f"{schedule}+{policy}"
+            configs[name] = lazyllm.LazyConfig.parse(schedule, num_layers, min_prompt_tokens=0, **POLICIES[policy])
+    return configs
+
+
+def prompt_inputs(tokenizer: Any, length: int, device: str) -> dict[str, torch.Tensor]:
+    """A RULER needle-in-a-haystack prompt (Paul Graham essays) of about `length` tokens."""
+    sample = build_samples("niah_single", tokenizer, length, depths=(0.5,), seed=0)[0]
+    text = chat_prompt(tokenizer, sample, answer_prefix=True)
+    return {key: value.to(device) for key, value in tokenizer(text, return_tensors="pt").items()}
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summary(runs: list[Generation], base: list[Generation], new_tokens: int) -> dict[str, Any]:
+    """Medians over rounds; speedups are medians of the per-round ratios to the baseline of the same round."""
+    early = [median(r.step_ms[:EARLY_STEPS]) for r in runs]
+    late = [median(r.step_ms[EARLY_STEPS:]) for r in runs]
+    row: dict[str, Any] = {
+        "ttft_speedup": median([b.ttft_s / r.ttft_s for b, r in zip(base, runs)]),
+        "ttft_s": median([r.ttft_s for r in runs]),
+        "early_ms_per_token": median(early),
+        "late_ms_per_token": median(late),
+        "whole_s": median([r.whole_s(new_tokens) for r in runs]),
+        "whole_speedup": {
+            n: median([b.whole_s(n) / r.whole_s(n) for b, r in zip(base, runs)])
+            for n in (*ANSWER_LENGTHS, new_tokens)
+            if n <= new_tokens
+        },
+    }
+    stats = runs[-1].stats
+    row["revived_tokens"] = stats["revived_tokens"] if stats else 0
+    row["whole_generation_token_fraction"] = stats["whole_generation_token_fraction"] if stats else 1.0
+    return row
+
+
+def table(rows: dict[str, dict[str, Any]], new_tokens: int) -> str:
+    lengths = [n for n in (*ANSWER_LENGTHS, new_tokens) if n <= new_tokens]
+    lengths = sorted(set(lengths))
+    head = (
+        f"| schedule | TTFT | ms/token, steps 1-{EARLY_STEPS} | ms/token, steps {EARLY_STEPS + 1}+ | "
+        + " | ".join(f"whole, {n} tokens" for n in lengths)
+        + " | tokens revived | whole-generation token fraction |"
+    )
+    lines = [head, "|" + "---|" * (6 + len(lengths))]
+    for name, row in rows.items():
+        speedups = " | ".join(f"{row['whole_speedup'][n]:.2f}x" for n in lengths)
+        lines.append(
+            f"| {name} | {row['ttft_speedup']:.2f}x ({row['ttft_s']:.2f} s) | {row['early_ms_per_token']:.1f} "
+            f"| {row['late_ms_per_token']:.1f} | {speedups} | {row['revived_tokens']:,} "
+            f"| {row['whole_generation_token_fraction']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def breakdown_table(parts: dict[str, dict[str, float]]) -> str:
+    names = sorted({name for part in parts.values() for name in part} - {"other", "step"})
+    columns = [*names, "other", "step"]
+    lines = ["| schedule | " + " | ".join(columns) + " |", "|" + "---|" * (1 + len(columns))]
+    for name, part in parts.items():
+        lines.append(f"| {name} | " + " | ".join(f"{part.get(c, 0.0):.1f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def apply(model: Any, config: Any) -> None:
+    if config is None:
+        lazyllm.unpatch(model)
+    else:
+        lazyllm.patch(model, config)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lazyllm bench decode", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", help="a name or path lazyllm.models.load_model accepts")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--length", type=int, default=4096, help="prompt tokens (about)")
+    parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--schedules", nargs="+", default=["default", "balanced", "aggressive"])
+    parser.add_argument("--policies", nargs="+", default=["paper"], help=", ".join(POLICIES))
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds after one warm-up round")
+    parser.add_argument("--breakdown", action="store_true", help="one more run per configuration, ranges timed")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.jsonl"))
+    args = parser.parse_args(argv)
+    if args.new_tokens <= EARLY_STEPS + 1 or args.rounds < 1:
+        parser.error(f"--new-tokens must exceed {EARLY_STEPS + 1} and --rounds be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+    model, tokenizer = lazyllm.models.load_model(args.model, dtype=dtype)
+    model.to(args.device)
+    configs = configurations(args.schedules, args.policies, model.config.num_hidden_layers)
+    inputs = prompt_inputs(tokenizer, args.length, args.device)
+    where = dict(
+        kind="decode",
+        model=args.model,
+        device=args.device,
+        prompt_tokens=int(inputs["input_ids"].shape[1]),
+        new_tokens=args.new_tokens,
+        machine=machine(),
+        command=" ".join(["python -m lazyllm.bench.decode", *(argv if argv is not None else sys.argv[1:])]),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[Generation]] = {name: [] for name in configs}
+    for round_index in range(1 + args.rounds):
+        for name, config in configs.items():
+            apply(model, config)
+            result = timed_generation(model, inputs, args.new_tokens, args.device)
+            print(f"round {round_index} {name}: {result.total_s:.1f} s", file=sys.stderr, flush=True)
+            if round_index == 0:
+                continue  # warm-up
+            runs[name].append(result)
+            record = dict(where, name=name, round=round_index, config=config and dataclasses.asdict(config))
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(dict(record, **dataclasses.asdict(result))) + "\n")
+    rows = {name: summary(runs[name], runs[BASELINE], args.new_tokens) for name in configs}
+    print(f"\n{where['model']} on {args.device}, {where['prompt_tokens']} prompt tokens, {args.new_tokens} new tokens,")
+    print(f"greedy, {args.rounds} interleaved rounds (medians), {json.dumps(where['machine'])}\n")
+    print(table(rows, args.new_tokens))
+    if args.breakdown:
+        parts = {}
+        for name, config in configs.items():
+            apply(model, config)
+            parts[name] = breakdown(model, inputs, args.new_tokens, args.device)
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(dict(where, name=name, breakdown_ms_per_step=parts[name])) + "\n")
+        print("\nms per decoding step by range (one run each, ranges timed)\n")
+        print(breakdown_table(parts))
+    apply(model, None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
