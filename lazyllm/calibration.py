@@ -31,7 +31,7 @@ from lazyllm.families import adapter_for
 from lazyllm.fidelity import answers_agree, wilson_interval
 from lazyllm.patching import patched, stats
 
-COARSE_DEPTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # where the first cut may go (share of depth)
+COARSE_DEPTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # where the first cut may go (share of depth)
 FINE_STEP = 0.05
 KEEPS = ((0.5, 0.25), (0.6, 0.3), (0.4, 0.2))  # (first cut, second cut) shares of the prompt; the first is coarse
 TIMING_ROUNDS = 3
