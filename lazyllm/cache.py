@@ -123,9 +123,6 @@ class LazyState:
         self.stats = stats
         self.generator = generator  # for random selection only
         self.width = 0  # 1 + the largest position seen: the width of per-position tables
-        # layer -> (queries (B, H, w, d) with RoPE, positions (B, w)): the scoring window of that layer, kept
-        # between decoding steps when the window slides (LazyConfig.decode_window)
-        self.windows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # pruning layer index -> (B, width) tokens its layers attended at the last re-selection (reselect_every)
         self.chosen: dict[int, torch.Tensor] = {}
 

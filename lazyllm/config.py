@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 Selection = Literal["attention", "random"]
-HeadReduce = Literal["mean", "max"]
 Revival = Literal["paper", "beat_weakest"]
 DecodeAttend = Literal["selected", "held"]
 
@@ -38,10 +37,7 @@ class ConfigError(ValueError):
 
 
 # The fields that say how tokens are scored at a cut (as opposed to where the cuts are and how much they keep).
-SCORING_FIELDS = (
-    "score_window", "decode_window", "score_layers", "score_pool", "keep_sinks", "keep_recent", "head_reduce",
-    "keep_mass",
-)  # fmt: skip
+SCORING_FIELDS = ("score_window", "score_layers", "score_pool")
 
 
 @dataclass(frozen=True)
@@ -63,19 +59,14 @@ class LazyConfig:
     over heads):
         score_window: in prefill, average the attention of the last `score_window` prompt tokens (each attends
             causally, so the window's own tokens score only from the queries after them) instead of the last
-            token's alone. Decoding steps score with the new token alone (the paper), unless `decode_window`.
-        decode_window: in decoding, let the window slide: each step scores with the queries of the newest
-            `score_window` tokens (the new token and those before it, prompt tokens included), so the choice
-            changes little from step to step. Only the new token's query is computed; the others are kept.
+            token's alone. Decoding steps score with the new token alone (the paper): it is the token whose
+            next token is being computed (a window sliding through decoding measured no better).
         score_layers: average the scores of this many layers before the cut (those since the previous cut at
             most), so that one layer whose attention is unfocused does not decide alone. 1 = the layer before.
         score_pool: max-pool the scores over this many neighbouring positions (odd) before choosing, so that a
             number, name or phrase whose first token scores high goes on whole. 1 = no pooling.
-        keep_sinks: always keep the first `keep_sinks` prompt tokens (attention sinks).
-        keep_recent: always keep the last `keep_recent` prompt tokens (where the question usually is).
-        head_reduce: "mean" (the paper) or "max" over query heads, so that one head's focus is enough.
-        keep_mass: adaptive budget: each row keeps the fewest tokens whose scores cover this share of the
-            attention mass, never more than the cut's keep ratio. None = always the keep ratio.
+    Measured and dropped (README, "Token scores"): attention sinks, always keeping the last tokens, max over
+    heads, an adaptive attention-mass budget: none kept more answers than the window and pooling alone.
 
     Decoding (with `revive`; the defaults are the paper's: every step re-selects the top share of the prompt with
     its new token, attends only those, and computes the chosen parked tokens from where they stopped). Each token is
@@ -97,13 +88,8 @@ class LazyConfig:
     selection: Selection = "attention"
     seed: int = 0
     score_window: int = 1
-    decode_window: bool = False
     score_layers: int = 1
     score_pool: int = 1
-    keep_sinks: int = 0
-    keep_recent: int = 0
-    head_reduce: HeadReduce = "mean"
-    keep_mass: float | None = None
     revival: Revival = "paper"
     reselect_every: int = 1
     decode_attend: DecodeAttend = "selected"
@@ -144,18 +130,8 @@ class LazyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1 (1 = the paper's score), got {value!r}.")
-        if not isinstance(self.decode_window, bool):
-            raise ConfigError(f"decode_window must be True or False, got {self.decode_window!r}.")
         if self.score_pool % 2 == 0:
             raise ConfigError(f"score_pool must be odd (a window centred on each token), got {self.score_pool}.")
-        for name in ("keep_sinks", "keep_recent"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
-        if self.head_reduce not in ("mean", "max"):
-            raise ConfigError(f"head_reduce must be 'mean' or 'max', got {self.head_reduce!r}.")
-        if self.keep_mass is not None and not (0.0 < self.keep_mass <= 1.0):
-            raise ConfigError(f"keep_mass must lie in (0, 1] or be None, got {self.keep_mass!r}.")
 
     def _check_decoding(self) -> None:
         if self.revival not in ("paper", "beat_weakest"):
@@ -236,24 +212,12 @@ class LazyConfig:
 
     def describe_scoring(self) -> str:
         """The token score as a short label: "paper" (last token, mean over heads), or "window32+pool7+..."."""
-        parts = [
-            f"{label}{value}"
-            for label, value, default in (
-                ("window", self.score_window, 1),
-                ("slide", "" if self.decode_window else None, None),
-                ("layers", self.score_layers, 1),
-                ("pool", self.score_pool, 1),
-                ("sinks", self.keep_sinks, 0),
-                ("recent", self.keep_recent, 0),
-            )
-            if value != default
-        ]
-        parts += ["headmax"] if self.head_reduce == "max" else []
-        parts += [f"mass{self.keep_mass:g}"] if self.keep_mass is not None else []
+        labels = {"score_window": "window", "score_layers": "layers", "score_pool": "pool"}
+        parts = [f"{labels[name]}{getattr(self, name)}" for name in SCORING_FIELDS if getattr(self, name) != 1]
         return "+".join(parts) or "paper"
 
     def scoring_options(self) -> dict[str, Any]:
-        """The token-score fields (score_window ... keep_mass), to carry a score over to another schedule."""
+        """The token-score fields, to carry a score over to another schedule."""
         return {name: getattr(self, name) for name in SCORING_FIELDS}
 
     def save(self, path: str | Path, model: Any = None) -> None:

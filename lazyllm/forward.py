@@ -24,9 +24,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from lazyllm.cache import LazyState, check_cache
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
-from lazyllm.config import LazyConfig
 from lazyllm.families import check_attention_backend
-from lazyllm.scoring import attention_scores, mass_budget, pool_neighbours, random_scores
+from lazyllm.scoring import attention_scores, pool_neighbours, random_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
 from lazyllm.spans import span
 from lazyllm.stats import LazyStats
@@ -310,12 +309,9 @@ def select(
     table = pool_neighbours(table, config.score_pool)  # (B, width) score per position
     is_prompt = state.is_prompt(entries)
     candidates = to_table(attended & is_prompt, entries, width, False)
-    forced = always_kept(config, state, candidates, tokens, prefill)
-    keep = state.keep_counts[:, cut].to(device)
-    if config.keep_mass is not None:  # only rows this cut prunes (not short rows, not a keep ratio of 1.0)
-        adaptive = mass_budget(table, candidates & ~forced, config.keep_mass) + (forced & candidates).sum(dim=1)
-        keep = torch.where(keep < candidates.sum(dim=1), torch.minimum(keep, adaptive), keep)
-    chosen = top_k_per_row(table.masked_fill(forced, float("inf")), candidates, keep)
+    if prefill:  # the last token is the query of the next token: it is never dropped
+        table.scatter_(1, tokens.positions[:, -1:], float("inf"))
+    chosen = top_k_per_row(table, candidates, state.keep_counts[:, cut].to(device))
     chosen |= to_table(attended & ~is_prompt, entries, width, False)  # generated tokens are never pruned
     revive = chosen
     if config.revival == "beat_weakest" and not prefill:
@@ -388,8 +384,7 @@ def token_scores(
     """`(B, T)` scores of the entries that layer `previous` holds, from the queries it computed last.
 
     Prefill scores with the last `score_window` tokens (the prompt's end, where the question usually is);
-    a decoding step with its new token (the token whose next token is being computed), joined by the
-    window's earlier queries when the window slides (`decode_window`).
+    a decoding step with its new token (the token whose next token is being computed).
     """
     config = runtime.config
     if config.selection == "random":
@@ -400,39 +395,9 @@ def token_scores(
     captured = runtime.captured[previous][:, -window:].to(device)
     queries = runtime.adapter.queries(captured, layers[previous], cos, sin)  # (B, H, w, d)
     query_positions = tokens.positions[:, -window:]
-    if config.decode_window:
-        queries, query_positions = slide_window(state, previous, queries, query_positions, config.score_window, prefill)
     keys = cache.layers[previous].keys.to(device)
     scaling = layers[previous].self_attn.scaling
-    return attention_scores(queries, query_positions, keys, entries, attended, scaling, config.head_reduce)
-
-
-def slide_window(
-    state: LazyState, layer: int, queries: torch.Tensor, positions: torch.Tensor, size: int, prefill: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's scoring window after this call: prefill starts it, a decoding step appends its new query."""
-    if not prefill:
-        held_queries, held_positions = state.windows[layer]
-        queries = torch.cat([held_queries.to(queries.device), queries], dim=2)[:, :, -size:]
-        positions = torch.cat([held_positions.to(positions.device), positions], dim=1)[:, -size:]
-    state.windows[layer] = (queries, positions)
-    return queries, positions
-
-
-def always_kept(
-    config: LazyConfig, state: LazyState, candidates: torch.Tensor, tokens: Tokens, prefill: bool
-) -> torch.Tensor:
-    """`(B, width)` positions kept whatever their score: the prefill's last token, sinks and recent prompt tokens.
-
-    Sinks are the first `keep_sinks` candidates of a row (earlier cuts kept them, so they stay the first).
-    """
-    width = candidates.shape[1]
-    forced = candidates & (candidates.cumsum(dim=1) <= config.keep_sinks)
-    recent_from = state.first_generated.to(candidates.device)[:, None] - config.keep_recent  # (B, 1)
-    forced |= candidates & (torch.arange(width, device=candidates.device)[None, :] >= recent_from)
-    if prefill:  # the last token is the query of the next token: it is never dropped
-        forced.scatter_(1, tokens.positions[:, -1:], True)
-    return forced
+    return attention_scores(queries, query_positions, keys, entries, attended, scaling)
 
 
 def attention_mask_for(

@@ -2,8 +2,8 @@
 
 The paper scores token i at a cut by the attention probability that the last token paid it in the layer before,
 averaged over the query heads. The options of `LazyConfig` change that score: a window of the last W tokens as
-queries (`score_window`), max instead of mean over heads (`head_reduce`), max-pooling over neighbouring positions
-(`score_pool`), and an adaptive number of tokens to keep (`keep_mass`). With the defaults the score is the paper's.
+queries (`score_window`) and max-pooling over neighbouring positions (`score_pool`). With the defaults the score is
+the paper's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ def attention_scores(
     key_positions: torch.Tensor,
     allowed: torch.Tensor,
     scaling: float,
-    head_reduce: str = "mean",
 ) -> torch.Tensor:
     """Attention probabilities of a few query tokens over the keys of one layer, reduced to one score per key.
 
@@ -31,11 +30,10 @@ def attention_scores(
         key_positions: `(B, T)` positions of the cached keys.
         allowed: `(B, T)` the keys the queries attended in that layer.
         scaling: the layer's softmax scale.
-        head_reduce: "mean" (the paper) or "max" over query heads.
 
     Returns:
         `(B, T)` float32 scores, 0 where not allowed: per head, the mean over the window's queries of their
-        attention probabilities (each query attends causally), then reduced over heads. Only `w` query rows are
+        attention probabilities (each query attends causally), then averaged over heads. Only `w` query rows are
         computed, never the T x T map; `w = 1` is the paper's score exactly.
     """
     batch, heads, window, head_dim = queries.shape
@@ -51,7 +49,7 @@ def attention_scores(
         torch.einsum("bkgwt,bw->bkgt", probabilities, real_queries) / real_queries.sum(dim=1)[:, None, None, None]
     )
     per_head = per_head.flatten(1, 2)  # (B, H, T)
-    return per_head.mean(dim=1) if head_reduce == "mean" else per_head.amax(dim=1)
+    return per_head.mean(dim=1)
 
 
 def pool_neighbours(table: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -59,14 +57,6 @@ def pool_neighbours(table: torch.Tensor, kernel: int) -> torch.Tensor:
     if kernel == 1:
         return table
     return F.max_pool1d(table[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
-
-
-def mass_budget(table: torch.Tensor, candidates: torch.Tensor, mass: float) -> torch.Tensor:
-    """`(B,)` the fewest candidates per row whose scores cover `mass` of the row's candidate score total."""
-    ordered = table.masked_fill(~candidates, 0.0).sort(dim=1, descending=True).values  # (B, P)
-    covered = ordered.cumsum(dim=1)
-    target = mass * covered[:, -1:]
-    return (covered < target).sum(dim=1) + 1
 
 
 def random_scores(allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

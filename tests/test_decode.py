@@ -38,17 +38,10 @@ PAPER_REFERENCE = {
         dict(
             shape="gqa",
             attn="sdpa",
-            config=dict(
-                prune_layers=(2, 4),
-                keep_ratios=(0.5, 0.2),
-                score_window=8,
-                decode_window=True,
-                score_pool=3,
-                keep_sinks=2,
-            ),
+            config=dict(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), score_window=8, score_pool=3),
         ),
-        [58, 112, 58, 112, 58, 207, 112, 58, 207, 112, 62, 195, 170, 58, 207, 112, 58, 207, 112, 62, 195, 170, 58, 207],
-        157,
+        [58, 207, 112, 58, 112, 58, 112, 58, 112, 62, 195, 58, 207, 112, 58, 207, 112, 62, 195, 58, 207, 112, 62, 195],
+        201,
     ),
 }
 
@@ -130,7 +123,7 @@ def test_reselect_every_revives_only_on_reselection_steps():
 def positional_scores(prefer):
     """A stand-in scorer: late (or early) entries score highest (entries in position order: one unpadded row)."""
 
-    def scores(queries, query_positions, keys, key_positions, allowed, scaling, head_reduce):
+    def scores(queries, query_positions, keys, key_positions, allowed, scaling):
         order = torch.arange(keys.shape[2], dtype=torch.float32)
         return (order if prefer["late"] else -order)[None].expand(allowed.shape).masked_fill(~allowed, 0.0).clone()
 

@@ -57,7 +57,7 @@ def positional_scores(prefer: dict[str, bool]):
 
     Valid where each layer's entries are in position order, as after a prefill of one unpadded row."""
 
-    def scores(queries, query_positions, keys, key_positions, allowed, scaling, head_reduce):
+    def scores(queries, query_positions, keys, key_positions, allowed, scaling):
         order = torch.arange(keys.shape[2], dtype=torch.float32)
         ranked = order if prefer["late"] else -order
         return ranked[None].expand(allowed.shape).masked_fill(~allowed, 0.0).clone()

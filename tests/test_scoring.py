@@ -1,4 +1,4 @@
-"""Token-scoring options: window scores from eager maps, head max, pooling, sinks/recent, mass budget, identity."""
+"""Token-scoring options: window scores from eager maps, pooling, layer averages, identity at keep 1.0."""
 
 import math
 
@@ -9,11 +9,9 @@ from test_pruning import prefill
 
 import lazyllm
 import lazyllm.forward
-from lazyllm.scoring import mass_budget, pool_neighbours
+from lazyllm.scoring import pool_neighbours
 
-ALL_OPTIONS = dict(
-    score_window=16, decode_window=True, score_pool=5, keep_sinks=4, keep_recent=8, head_reduce="max", keep_mass=0.9
-)
+ALL_OPTIONS = dict(score_window=16, score_layers=2, score_pool=5)
 
 
 def spy_scores(monkeypatch) -> list[torch.Tensor]:
@@ -29,23 +27,19 @@ def spy_scores(monkeypatch) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("shape", ["mha", "gqa"])
-@pytest.mark.parametrize("head_reduce", ["mean", "max"])
 @pytest.mark.parametrize("window", [1, 8])
-def test_window_scores_equal_the_eager_attention_maps(shape, head_reduce, window, monkeypatch):
+def test_window_scores_equal_the_eager_attention_maps(shape, window, monkeypatch):
     """Per head, the mean attention row of the last `window` queries in the layer before the cut; then heads."""
     model = tiny_llama(shape, "eager")
     ids = random_ids(100)
     with torch.inference_mode():
         maps = model(ids, output_attentions=True).attentions  # per layer (B, H, N, N), causal
     seen = spy_scores(monkeypatch)
-    config = lazyllm.LazyConfig(
-        prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0, score_window=window, head_reduce=head_reduce
-    )
+    config = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0, score_window=window)
     lazyllm.patch(model, config)
     with torch.inference_mode():
         model(ids, logits_to_keep=1)
-    per_head = maps[2][:, :, -window:].mean(dim=2)  # (B, H, N)
-    expected = per_head.mean(dim=1) if head_reduce == "mean" else per_head.amax(dim=1)
+    expected = maps[2][:, :, -window:].mean(dim=2).mean(dim=1)  # (B, N)
     assert (seen[0] - expected).abs().max().item() < 1e-6
 
 
@@ -79,7 +73,7 @@ def test_pooled_spans_go_on_whole(monkeypatch):
     model = tiny_llama("gqa")
     length, peak = 200, 77
 
-    def peaked(queries, query_positions, keys, key_positions, allowed, scaling, head_reduce):
+    def peaked(queries, query_positions, keys, key_positions, allowed, scaling):
         scores = torch.full(allowed.shape, 1e-3) + 1e-6 * key_positions.float()  # later tokens win ties
         scores[key_positions == peak] = 1.0
         return scores.masked_fill(~allowed, 0.0)
@@ -91,57 +85,6 @@ def test_pooled_spans_go_on_whole(monkeypatch):
         _, _, state = prefill(model, random_ids(length))
     kept = set(state.positions[3][0].tolist())
     assert set(range(peak - 3, peak + 4)) <= kept and len(kept) == math.ceil(0.1 * length)
-
-
-def test_sinks_and_recent_tokens_are_always_kept(monkeypatch):
-    """Scores prefer the middle of the prompt, yet the first sinks and the last recent tokens go on."""
-    model = tiny_llama("gqa")
-    length = 200
-
-    def middle(queries, query_positions, keys, key_positions, allowed, scaling, head_reduce):
-        scores = 1.0 / (1.0 + (key_positions.float() - length / 2).abs())
-        return scores.masked_fill(~allowed, 0.0)
-
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", middle)
-    config = lazyllm.LazyConfig(
-        prune_layers=(2, 4), keep_ratios=(0.3, 0.15), min_prompt_tokens=0, keep_sinks=4, keep_recent=6
-    )
-    lazyllm.patch(model, config)
-    with torch.inference_mode():
-        _, _, state = prefill(model, random_ids(length))
-    for layer in (2, 4):
-        kept = set(state.positions[layer][0].tolist())
-        assert set(range(4)) | set(range(length - 6, length)) <= kept
-        assert len(kept) == math.ceil(config.keep_ratios[layer // 2 - 1] * length)
-    assert 0 not in set(state.aux[0].positions[0].tolist())
-
-
-def test_mass_budget_counts_the_fewest_tokens_covering_the_mass():
-    table = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]])
-    candidates = torch.ones_like(table, dtype=torch.bool)
-    assert mass_budget(table, candidates, 0.75).tolist() == [2, 4]
-    candidates[0, 0] = False  # a token that is no candidate does not count towards the mass
-    assert mass_budget(table, candidates, 0.85).tolist()[0] == 3
-
-
-def test_mass_budget_keeps_fewer_but_never_more_than_the_ratio(monkeypatch):
-    model = tiny_llama("gqa")
-    length = 200
-
-    def peaked(queries, query_positions, keys, key_positions, allowed, scaling, head_reduce):
-        scores = torch.where(key_positions % 20 == 0, 1.0, 1e-4)  # 10 tokens carry nearly all the mass
-        return scores.masked_fill(~allowed, 0.0)
-
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", peaked)
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0, keep_mass=0.9))
-    with torch.inference_mode():
-        _, _, state = prefill(model, random_ids(length))
-    kept = state.positions[3][0].tolist()
-    assert set(range(0, length, 20)) <= set(kept) and len(kept) <= 11  # the 10 peaks (+ the last token)
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.02,), min_prompt_tokens=0, keep_mass=0.9))
-    with torch.inference_mode():
-        _, _, state = prefill(model, random_ids(length))
-    assert state.positions[3].shape[1] == math.ceil(0.02 * length), "the keep ratio caps the adaptive budget"
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -179,15 +122,9 @@ def test_scoring_options_prune_and_decode_with_revival_once():
     "options",
     [
         dict(score_window=0),
-        dict(decode_window=1),
         dict(score_layers=0),
         dict(score_pool=4),
         dict(score_pool=0),
-        dict(keep_sinks=-1),
-        dict(keep_recent=1.5),
-        dict(head_reduce="sum"),
-        dict(keep_mass=0.0),
-        dict(keep_mass=1.2),
     ],
 )
 def test_bad_scoring_options_raise(options):
@@ -197,40 +134,7 @@ def test_bad_scoring_options_raise(options):
 
 def test_scoring_labels():
     assert lazyllm.LazyConfig().describe_scoring() == "paper"
-    assert lazyllm.LazyConfig(**ALL_OPTIONS).describe_scoring() == "window16+slide+pool5+sinks4+recent8+headmax+mass0.9"
-
-
-@pytest.mark.parametrize("window", [1, 8])
-def test_a_sliding_window_scores_decoding_steps_like_the_eager_maps(window, monkeypatch):
-    """With decode_window, step t scores with the newest `window` tokens' attention rows (prompt end included)."""
-    model = tiny_llama("gqa", "eager")
-    ids = random_ids(60)
-    seen = spy_scores(monkeypatch)
-    config = lazyllm.LazyConfig(
-        prune_layers=(3,), keep_ratios=(1.0,), min_prompt_tokens=0, score_window=window, decode_window=True
-    )
-    lazyllm.patch(model, config)
-    with torch.inference_mode():
-        sequence = model.generate(ids, max_new_tokens=3, do_sample=False)
-        lazyllm.unpatch(model)
-        maps = model(sequence[:, :62], output_attentions=True).attentions[2]  # (B, H, 62, 62)
-    for step, scores in enumerate(seen[1:], start=1):  # decoding step `step` computes token 59 + step
-        last = 60 + step
-        expected = maps[:, :, last - window : last, :last].mean(dim=2).mean(dim=1)
-        assert (scores - expected).abs().max().item() < 1e-6
-
-
-def test_a_window_of_one_slides_as_the_paper_decodes():
-    model = tiny_llama("gqa")
-    ids = random_ids(300)
-    schedule = dict(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
-    outputs = []
-    for options in ({}, dict(decode_window=True)):
-        lazyllm.patch(model, lazyllm.LazyConfig(**schedule, **options))
-        with torch.inference_mode():
-            outputs.append(model.generate(ids, max_new_tokens=16, do_sample=False))
-        outputs.append(lazyllm.stats(model).revived_tokens)
-    assert torch.equal(outputs[0], outputs[2]) and outputs[1] == outputs[3] > 0
+    assert lazyllm.LazyConfig(**ALL_OPTIONS).describe_scoring() == "window16+layers2+pool5"
 
 
 def test_scores_of_several_layers_are_averaged(monkeypatch):
