@@ -1,6 +1,6 @@
 """Run NVIDIA kvpress presses on the benchmark's samples, inside kvpress's own virtualenv.
 
-kvpress pins `transformers<5.3`, so it cannot share lazyllm's environment (Transformers 5.23). `lazyllm.bench.run`
+kvpress pins `transformers<5.3`, so it cannot share lazyllm's environment (Transformers 5.23). `lazyllm.bench.rivals`
 creates `benchmarks/.kvpress-venv`, writes the samples as token ids to a JSON file and calls::
 
     benchmarks/.kvpress-venv/bin/python lazyllm/bench/kvpress_runner.py request.json response.json
