@@ -1,4 +1,4 @@
-"""Prefill (TTFT) and decode ms/token of the presets against the unpruned model, on SmolLM2 and real text.
+"""Answers: how much sooner is the first token, and how much slower each decoding step, under each preset (SmolLM2)?
 
     python benchmarks/prefill_decode.py --lengths 2048 4096 8160 --schedules default aggressive --repeats 3
 
@@ -19,7 +19,8 @@ import transformers
 
 import lazyllm
 from lazyllm.bench import timing
-from lazyllm.bench.run import BASELINE, apply, describe, timing_prompt
+from lazyllm.bench.profiles import BASELINE, apply, describe
+from lazyllm.bench.prompts import timing_prompt
 from lazyllm.models import load_smollm2
 
 

@@ -1,4 +1,4 @@
-"""First-token fidelity of many schedules on SmolLM2 and RULER-style prompts: the sweep the default was chosen from.
+"""Answers: which of many schedules keep SmolLM2's first answer token (argmax, KL, top-5) on RULER-style prompts?
 
     python benchmarks/schedule_sweep.py --length 1024 --out benchmarks/results/schedule_sweep_1k.md
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import lazyllm
-from lazyllm.bench.run import first_token_figures
+from lazyllm.bench.accuracy import first_token_figures
 from lazyllm.bench.tasks import TASKS, build_samples, chat_prompt
 from lazyllm.models import load_smollm2
 

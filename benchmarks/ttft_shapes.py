@@ -1,4 +1,4 @@
-"""TTFT of baseline vs patched prefill on random-weight models of real shapes (timing depends on shapes, not weights).
+"""Answers: how much sooner is the first token on real model shapes (random weights: timing depends on shapes only)?
 
     python benchmarks/ttft_shapes.py --device cuda --shapes llama2-7b --lengths 2048 4096 8192 --repeats 5
 

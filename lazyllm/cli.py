@@ -4,6 +4,7 @@
     lazyllm generate --model PATH_OR_NAME --prompt-file FILE [--schedule S | --config FILE] [--max-new-tokens N]
     lazyllm calibrate --model PATH_OR_NAME --prompts FILE.jsonl [--min-agreement 0.9 | --speedup 2.5] --out FILE
     lazyllm bench [--profile quick ...]        (the rig's own options: `lazyllm bench --help`)
+    lazyllm bench report RESULTS.jsonl...      (the report and plots from earlier records)
     lazyllm info
 
 Bad input (a missing file, a model that cannot be loaded or patched, a bad schedule) prints one line
@@ -359,11 +360,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 def cmd_bench(argv: list[str]) -> int:
     try:
-        from lazyllm.bench.run import main as bench_main
+        from lazyllm.bench.cli import main as bench_main
     except ModuleNotFoundError as error:
-        if error.name not in ("lazyllm.bench.run", "lazyllm.bench"):
+        if error.name not in ("lazyllm.bench.cli", "lazyllm.bench"):
             raise
-        raise CLIError("the benchmark rig (lazyllm.bench.run) is not available in this installation") from None
+        raise CLIError("the benchmark rig (lazyllm.bench) is not available in this installation") from None
     return int(bench_main(list(argv)) or 0)
 
 
@@ -535,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "bench",
         add_help=False,
-        help="the benchmark rig (lazyllm.bench.run); `lazyllm bench --help` shows its options",
+        help="the benchmark rig (lazyllm.bench): run a profile, or `bench report RESULTS...`; see `lazyllm bench --help`",
     )
 
     info = commands.add_parser("info", help="versions, presets, supported families, model cache")

@@ -1,7 +1,8 @@
 """The benchmark rig's smoke profile: a tiny random-weight Llama through every code path that needs no real data.
 
-Runs `python -m lazyllm.bench.run --profile smoke --no-kvpress` in-process (< 60 s on 2 CPU cores) and checks that
-the JSON, the markdown report and both plots exist and hold sane numbers.
+Runs `lazyllm bench --profile smoke --no-kvpress` in-process (< 60 s on 2 CPU cores) and checks that the JSON-lines
+records, the markdown report and the plots exist and hold sane numbers, and that `lazyllm bench report` renders the
+same report from the records alone, merging runs of several files.
 """
 
 from __future__ import annotations
@@ -13,57 +14,61 @@ from pathlib import Path
 import pytest
 import torch
 
+from lazyllm.bench import records as rig_records
 from lazyllm.bench import timing
-from lazyllm.bench.run import (
-    BASELINE,
-    PROFILES,
-    RIVALS,
-    analytic_kept,
-    build_configs,
-    choose_default,
-    main,
-    token_fraction,
-)
+from lazyllm.bench.cli import main
+from lazyllm.bench.default_rule import choose_default
+from lazyllm.bench.profiles import BASELINE, PROFILES, RIVALS, analytic_kept, build_configs, token_fraction
+from lazyllm.bench.report import render
+from lazyllm.bench.summary import fidelity_summary, generation_table
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, rig_records.Run, str]:
     out = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     assert main(["--profile", "smoke", "--out", str(out), "--no-kvpress"]) == 0
     assert torch.get_num_threads() == threads  # the rig restores the caller's thread count
-    results = json.loads((out / "smoke.json").read_text())
-    report = (out / "smoke.md").read_text()
-    return out, results, report
+    (run,) = rig_records.runs(rig_records.read([out / "smoke.jsonl"]))
+    return out, run, (out / "smoke.md").read_text()
 
 
-def test_files_exist(smoke: tuple[Path, dict, str]) -> None:
+def test_files_exist(smoke: tuple[Path, rig_records.Run, str]) -> None:
     out, _, _ = smoke
-    for name in ("smoke.json", "smoke.md", "smoke_ttft.png", "smoke_frontier.png"):
+    for name in ("smoke.jsonl", "smoke.md", "smoke_ttft.png", "smoke_decode.png", "smoke_frontier.png"):
         path = out / name
         assert path.is_file() and path.stat().st_size > 0, name
-    assert (out / "smoke_ttft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "smoke_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("smoke_ttft.png", "smoke_decode.png", "smoke_frontier.png"):
+        assert (out / name).read_bytes()[:8] == PNG, name
 
 
-def test_machine_and_profile_recorded(smoke: tuple[Path, dict, str]) -> None:
-    _, results, _ = smoke
-    machine = results["machine"]
-    for key in ("cpu", "cores", "torch", "transformers", "device", "date", "torch_threads"):
+def test_machine_command_and_seed_recorded(smoke: tuple[Path, rig_records.Run, str]) -> None:
+    _, run, _ = smoke
+    machine = run.header["machine"]
+    for key in ("cpu", "cores", "torch", "transformers", "lazyllm", "device", "date", "torch_threads"):
         assert machine[key], key
     assert machine["device"] == "cpu"
-    assert results["profile"]["name"] == "smoke"
-    assert results["kvpress"]["status"] == "skipped"
-    assert results["elapsed_s"] > 0
+    assert run.header["profile"]["name"] == "smoke"
+    assert run.header["seed"] == 0
+    assert run.header["command"].startswith("lazyllm bench --profile smoke")
+    assert run.kvpress["status"] == "skipped"
+    assert run.end is not None and run.end["elapsed_s"] > 0
+    lines = [json.loads(line) for line in (smoke[0] / "smoke.jsonl").read_text().splitlines()]
+    assert {line["run"] for line in lines} == {run.header["run"]}  # every record names its run
+    assert [line["kind"] for line in lines][0] == "run" and lines[-1]["kind"] == "run_end"
 
 
-def test_speed_numbers_are_sane(smoke: tuple[Path, dict, str]) -> None:
-    _, results, _ = smoke
-    speed = results["speed"]
+def test_speed_numbers_are_sane(smoke: tuple[Path, rig_records.Run, str]) -> None:
+    _, run, _ = smoke
+    speed = run.speed
     profile = PROFILES["smoke"]
     assert {r["length"] for r in speed} == set(profile.timing_lengths)
     for row in speed:
-        assert row["ttft_s"]["n"] == profile.repeats
+        assert row["ttft_s"]["n"] == profile.repeats == len(row["decode_step_runs_ms"])
+        assert all(len(steps) == profile.decode_tokens - 1 for steps in row["decode_step_runs_ms"])
+        assert all(ms > 0 for steps in row["decode_step_runs_ms"] for ms in steps)
         assert row["ttft_s"]["median"] > 0
         assert row["ttft_s"]["min"] <= row["ttft_s"]["median"] <= row["ttft_s"]["max"]
         assert row["decode_ms_per_token"]["median"] > 0
@@ -82,10 +87,9 @@ def test_speed_numbers_are_sane(smoke: tuple[Path, dict, str]) -> None:
             assert row["compute_bound"] <= row["prefill_token_fraction"] + 1e-9
 
 
-def test_accuracy_and_fidelity_are_sane(smoke: tuple[Path, dict, str]) -> None:
-    _, results, _ = smoke
-    accuracy = results["accuracy"]
-    records = accuracy["records"]
+def test_accuracy_and_fidelity_are_sane(smoke: tuple[Path, rig_records.Run, str]) -> None:
+    _, run, _ = smoke
+    records = run.accuracy
     assert records
     schedules = {r["schedule"] for r in records}
     assert BASELINE in schedules and "default" in schedules and set(RIVALS) <= schedules
@@ -101,33 +105,70 @@ def test_accuracy_and_fidelity_are_sane(smoke: tuple[Path, dict, str]) -> None:
         if r["schedule"] in ("no-revival", "random-drop", "static-15%"):
             assert r["revived_tokens"] == 0
             assert r["prompt_token_fraction_total"] == pytest.approx(r["prefill_token_fraction"])
-    for name, f in accuracy["fidelity"].items():
+    for name, f in fidelity_summary(records).items():
         for key in ("answer_agreement", "first_token_agreement", "first_top5_overlap"):
             assert 0 <= f[key] <= 1, (name, key)
-    for row in accuracy["generation"]:
+    for row in generation_table(records):
         assert row["generation_speedup"] > 0 and row["ttft_speedup"] > 0
         assert 0 < row["prompt_token_fraction_total"] <= 1
-    rule = results["default_rule"]
-    assert rule["checks"] and rule["reference_length"]
+    rule = choose_default(run.speed, records)
+    assert rule["checks"] and rule["reference_length"] == "1k"
     assert rule["chosen"] is None or rule["chosen"] in {c["schedule"] for c in rule["checks"] if c["passes"]}
 
 
-def test_report_has_the_tables(smoke: tuple[Path, dict, str]) -> None:
+def test_report_has_the_tables(smoke: tuple[Path, rig_records.Run, str]) -> None:
     _, _, report = smoke
+    assert report.splitlines()[2].startswith("> **Quick run.**")  # 1 sample per cell, said at the top
     for heading in (
-        "## Machine",
+        "## Runs",
         "## 1. TTFT and decoding vs prompt length",
         "## 2. Accuracy on the RULER-style tasks",
         "### Fidelity to the baseline",
         "## 3. Whole generation (the paper's Table 2)",
         "## 4. kvpress at the same KV budget",
-        "## Frontier",
+        "## Frontier of the schedules",
         "## Default-schedule rule",
     ):
         assert heading in report, heading
     assert "| length | schedule | tokens | TTFT s |" in report
     assert "| default |" in report
     assert "nan" not in report.lower()
+
+
+def test_report_is_rendered_from_the_records_alone(smoke: tuple[Path, rig_records.Run, str], tmp_path: Path) -> None:
+    out, run, report = smoke
+    assert main(["report", str(out / "smoke.jsonl"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "smoke.md").read_text() == report
+    assert (tmp_path / "smoke_ttft.png").read_bytes()[:8] == PNG
+
+
+def test_report_merges_runs_of_several_files(smoke: tuple[Path, rig_records.Run, str], tmp_path: Path) -> None:
+    out, run, _ = smoke
+    # The same run, as if measured on a second machine, where "default" was not run.
+    text = (out / "smoke.jsonl").read_text().replace(run.header["run"], "second-run")
+    text = text.replace('"device": "cpu"', '"device": "cuda"')
+    other = tmp_path / "gpu.jsonl"
+    other.write_text("".join(line + "\n" for line in text.splitlines() if '"schedule": "default"' not in line))
+    merged = render([out / "smoke.jsonl", other], tmp_path, "merged").read_text()
+    assert merged.count("### Run ") == 2 and "### Run second-run" in merged
+    n = len([r for r in run.accuracy if r["schedule"] == BASELINE])
+    assert f"| aggressive | {2 * n} |" in merged and f"| default | {n} |" in merged  # pooled over both runs
+    both = [r for each in rig_records.runs(rig_records.read([out / "smoke.jsonl", other])) for r in each.accuracy]
+    pooled = {(g["length"], g["schedule"]): g["ttft_speedup"] for g in generation_table(both)}
+    for g in generation_table(run.accuracy):  # each sample is compared with its own run's baseline
+        assert pooled[g["length"], g["schedule"]] == pytest.approx(g["ttft_speedup"])
+
+
+def test_report_rejects_what_is_not_records(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "speed", "run": "x"}\n')
+    with pytest.raises(ValueError, match="before \\(or without\\) its 'run' line"):
+        render([bad], tmp_path, "bad")
+    bad.write_text("not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1 is not a JSON line"):
+        render([bad], tmp_path, "bad")
+    with pytest.raises(FileNotFoundError):
+        render([tmp_path / "missing.jsonl"], tmp_path, "bad")
 
 
 def test_rivals_match_the_default_budget() -> None:
@@ -189,6 +230,7 @@ def test_choose_default_rule() -> None:
             }
         )
     rule = choose_default(speed_rows, records, candidates=("fast", "safe"))
+    assert [c["passes"] for c in rule["checks"]] == [False, True]
     assert rule["chosen"] == "safe"  # "fast" loses 25 points on a cell where the baseline works
     assert rule["targets"]["4k"]["reached_by"] == ["fast"]
     assert rule["targets"]["4k"]["reached_with_fidelity_by"] == []

@@ -74,7 +74,7 @@ def test_help_of_every_command(argv: list[str], capsys: pytest.CaptureFixture[st
 
 
 def test_bench_help_is_the_rigs_help(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("lazyllm.bench.run")
+    pytest.importorskip("lazyllm.bench.cli")
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--help"])
     assert exit_info.value.code == 0
@@ -82,9 +82,9 @@ def test_bench_help_is_the_rigs_help(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_bench_passes_its_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    run = pytest.importorskip("lazyllm.bench.run")
+    bench = pytest.importorskip("lazyllm.bench.cli")
     seen: list[list[str]] = []
-    monkeypatch.setattr(run, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
     assert main(["bench", "--profile", "quick", "--out", "x"]) == 0
     assert seen == [["--profile", "quick", "--out", "x"]]
 

@@ -1,1 +1,1 @@
-"""Benchmark helpers: RULER-style long-context tasks and scoring."""
+"""The benchmark rig (`lazyllm bench`, entry point `cli.py`; one run is `run.py`) and the RULER-style tasks."""

@@ -1,6 +1,6 @@
 """Run NVIDIA kvpress presses on the benchmark's samples, inside kvpress's own virtualenv.
 
-kvpress pins `transformers<5.3`, so it cannot share lazyllm's environment (Transformers 5.23). `lazyllm.bench.run`
+kvpress pins `transformers<5.3`, so it cannot share lazyllm's environment (Transformers 5.23). `lazyllm.bench.rivals`
 creates `benchmarks/.kvpress-venv`, writes the samples as token ids to a JSON file and calls::
 
     benchmarks/.kvpress-venv/bin/python lazyllm/bench/kvpress_runner.py request.json response.json
@@ -50,12 +50,10 @@ def main(argv: list[str]) -> int:
     return 0 if response.get("status") == "ok" else 1
 
 
-def run(request: dict) -> dict:
-    import kvpress
+def load(request: dict) -> tuple:
+    """The model of `request` (fp32, SDPA, local files only) on its device, and that device."""
     import torch
-    import transformers
-    from kvpress import SnapKVPress, StreamingLLMPress
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import AutoModelForCausalLM
 
     if request.get("threads"):
         torch.set_num_threads(int(request["threads"]))
@@ -63,94 +61,99 @@ def run(request: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         request["model_dir"], dtype=torch.float32, attn_implementation="sdpa", local_files_only=True
     ).to(device)
-    model.eval()
+    return model.eval(), device
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generate(model, input_ids, press, max_new_tokens: int, device) -> dict:
+    """Greedy decoding of `input_ids` [1, length] with `press` (None: unpressed) active during the prefill."""
+    import contextlib
+
+    import torch
+    from transformers import DynamicCache
+
+    eos = model.generation_config.eos_token_id
+    stop = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    cache, length = DynamicCache(), input_ids.shape[1]
+    sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        with press(model) if press is not None else contextlib.nullcontext():
+            out = model(input_ids=input_ids, past_key_values=cache, logits_to_keep=1)
+        first_logits = out.logits[0, -1].float()
+        sync(device)
+        prefill_s = time.perf_counter() - start
+        kv_entries = sum(layer.keys.shape[-2] for layer in cache.layers)
+        generated = [int(first_logits.argmax())]
+        for position in range(length, length + max_new_tokens - 1):
+            if generated[-1] in stop:
+                break
+            out = model(
+                input_ids=torch.tensor([[generated[-1]]], device=device),
+                past_key_values=cache,
+                position_ids=torch.tensor([[position]], device=device),
+                logits_to_keep=1,
+            )
+            generated.append(int(out.logits[0, -1].argmax()))
+        sync(device)
+    return {
+        "generated_ids": generated,
+        "first_logprobs": first_logits.log_softmax(-1),
+        "prefill_s": prefill_s,
+        "total_s": time.perf_counter() - start,
+        "kv_fraction": kv_entries / (model.config.num_hidden_layers * length),
+    }
+
+
+def first_token_figures(reference, logprobs) -> dict:
+    """Top-5 of the first token, KL(reference || this) and top-5 overlap with the reference [vocab log-probs]."""
+    top = logprobs.topk(5).indices.tolist()
+    return {
+        "first_top5": top,
+        "first_kl": float((reference.exp() * (reference - logprobs)).sum().clamp(min=0.0)),
+        "first_top5_overlap": len(set(reference.topk(5).indices.tolist()) & set(top)) / 5,
+    }
+
+
+def run(request: dict) -> dict:
+    import kvpress
+    import torch
+    import transformers
+    from kvpress import SnapKVPress, StreamingLLMPress
+
+    model, device = load(request)
     ratio = float(request["compression_ratio"])
-    presses = {
+    presses = {  # a fresh press per call
+        "none": lambda: None,
         "snapkv": lambda: SnapKVPress(compression_ratio=ratio),
         "streamingllm": lambda: StreamingLLMPress(compression_ratio=ratio),
     }
     wanted = ["none", *[p for p in request.get("presses", ["snapkv", "streamingllm"]) if p in presses]]
-    eos = model.generation_config.eos_token_id
-    stop = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    max_new_tokens = int(request["max_new_tokens"])
-    num_layers = model.config.num_hidden_layers
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def generate(input_ids: torch.Tensor, press_name: str) -> dict:
-        cache = DynamicCache()
-        length = input_ids.shape[1]
-        sync()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            if press_name == "none":
-                out = model(input_ids=input_ids, past_key_values=cache, logits_to_keep=1)
-            else:
-                with presses[press_name]()(model):
-                    out = model(input_ids=input_ids, past_key_values=cache, logits_to_keep=1)
-            first_logits = out.logits[0, -1].float()
-            sync()
-            prefill_s = time.perf_counter() - start
-            kv_entries = sum(cache.layers[i].keys.shape[-2] for i in range(len(cache.layers)))
-            generated = [int(first_logits.argmax())]
-            position = length
-            for _ in range(max_new_tokens - 1):
-                if generated[-1] in stop:
-                    break
-                out = model(
-                    input_ids=torch.tensor([[generated[-1]]], device=device),
-                    past_key_values=cache,
-                    position_ids=torch.tensor([[position]], device=device),
-                    logits_to_keep=1,
-                )
-                position += 1
-                generated.append(int(out.logits[0, -1].argmax()))
-            sync()
-        total_s = time.perf_counter() - start
-        return {
-            "generated_ids": generated,
-            "first_logprobs": first_logits.log_softmax(-1),
-            "prefill_s": prefill_s,
-            "total_s": total_s,
-            "kv_fraction": kv_entries / (num_layers * length),
-        }
-
     results = []
     for sample in request["samples"]:
         input_ids = torch.tensor([sample["input_ids"]], device=device)
-        reference = None
-        for press_name in wanted:
-            result = generate(input_ids, press_name)
+        for name in wanted:
+            result = generate(model, input_ids, presses[name](), int(request["max_new_tokens"]), device)
             logprobs = result.pop("first_logprobs")
-            if press_name == "none":
+            if name == "none":
                 reference = logprobs
-            kl = float((reference.exp() * (reference - logprobs)).sum().clamp(min=0.0))
-            top_ref = set(reference.topk(5).indices.tolist())
-            top = logprobs.topk(5).indices.tolist()
-            results.append(
-                {
-                    "id": sample["id"],
-                    "press": press_name,
-                    "compression_ratio": 0.0 if press_name == "none" else ratio,
-                    "first_top5": top,
-                    "first_kl": kl,
-                    "first_top5_overlap": len(top_ref & set(top)) / 5,
-                    **result,
-                }
-            )
-            print(f"kvpress_runner: {sample['id']} {press_name} {result['total_s']:.2f}s", file=sys.stderr, flush=True)
-    return {
-        "status": "ok",
-        "versions": {
-            "kvpress": getattr(kvpress, "__version__", _version("kvpress")),
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "python": sys.version.split()[0],
-        },
-        "results": results,
+            figures = first_token_figures(reference, logprobs)
+            compression = 0.0 if name == "none" else ratio
+            results.append({"id": sample["id"], "press": name, "compression_ratio": compression, **figures, **result})
+            print(f"kvpress_runner: {sample['id']} {name} {result['total_s']:.2f}s", file=sys.stderr, flush=True)
+    versions = {
+        "kvpress": getattr(kvpress, "__version__", _version("kvpress")),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
     }
+    return {"status": "ok", "versions": versions, "results": results}
 
 
 def _version(name: str) -> str:

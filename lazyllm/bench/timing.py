@@ -1,4 +1,4 @@
-"""Timing and memory helpers of the benchmark rig (`lazyllm.bench.run`).
+"""Timing and memory helpers of the benchmark rig (`lazyllm.bench.speed`, `lazyllm.bench.accuracy`).
 
 Definitions used throughout the reports:
 
@@ -75,17 +75,17 @@ def ratio_summary(numerators: Sequence[float], denominators: Sequence[float]) ->
 # ----------------------------------------------------------------------------------------------------------------
 # TTFT and decode speed from one generate() call
 # ----------------------------------------------------------------------------------------------------------------
-class _FirstTokenClock(LogitsProcessor):
-    """Stamps the clock the first time generate() asks for the next token's scores (right after prefill)."""
+class _StepClock(LogitsProcessor):
+    """Stamps the clock each time generate() asks for the next token's scores: first right after the prefill, then
+    after each decoding step."""
 
     def __init__(self, device: str | torch.device) -> None:
         self.device = device
-        self.first: float | None = None
+        self.stamps: list[float] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.first is None:
-            synchronize(self.device)
-            self.first = time.perf_counter()
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
         return scores
 
 
@@ -95,6 +95,7 @@ class GenerationTiming:
     total_s: float  # the whole generate() call
     new_tokens: int
     output: Any  # what generate() returned
+    step_ms: list[float]  # wall time of each decoding step after the first token, in order
 
     @property
     def decode_ms_per_token(self) -> float:
@@ -117,7 +118,7 @@ def timed_generate(
         force_length: also pass `min_new_tokens=max_new_tokens`, so that every call decodes the same number of
             steps (for decode ms/token); otherwise generation stops at end-of-sequence as usual.
     """
-    clock = _FirstTokenClock(device)
+    clock = _StepClock(device)
     processors = LogitsProcessorList([clock, *generate_kwargs.pop("logits_processor", [])])
     if force_length:
         generate_kwargs["min_new_tokens"] = max_new_tokens
@@ -135,8 +136,9 @@ def timed_generate(
     end = time.perf_counter()
     sequences = output.sequences if hasattr(output, "sequences") else output
     new_tokens = int(sequences.shape[1] - inputs["input_ids"].shape[1])
-    first = clock.first if clock.first is not None else end
-    return GenerationTiming(first - start, end - start, new_tokens, output)
+    first = clock.stamps[0] if clock.stamps else end
+    steps = [1000.0 * (b - a) for a, b in zip(clock.stamps, clock.stamps[1:])]
+    return GenerationTiming(first - start, end - start, new_tokens, output, steps)
 
 
 def timed_prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], device: str | torch.device) -> float:

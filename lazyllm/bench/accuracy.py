@@ -1,0 +1,135 @@
+"""Sections 2 and 3 of a run: greedy answers on the RULER-style tasks under the baseline and each schedule.
+
+Per sample, the baseline answers first, then every schedule (interleaved per sample, so drifts of the machine hit
+all alike). One record per (sample, schedule): the answer and its score, its agreement with the baseline's answer and
+first-token distribution (fidelity needs no gold), wall times and the pruning stats. The tables (accuracy cells,
+fidelity, the paper's Table 2) are computed from these records by `lazyllm.bench.summary`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lazyllm.bench import timing
+from lazyllm.bench.budget import Configs, Plan
+from lazyllm.bench.profiles import BASELINE, Profile, apply, last_stats, length_label
+from lazyllm.bench.prompts import encode, make_samples
+from lazyllm.bench.tasks import Sample, chat_prompt, score
+
+
+def first_token_figures(reference: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
+    """KL(reference || this) of the first-token distributions [vocab], top-5 overlap and argmax agreement."""
+    p = reference.double().log_softmax(-1)
+    q = logits.double().log_softmax(-1)
+    kl = float((p.exp() * (p - q)).sum().clamp(min=0.0))
+    top_p = set(p.topk(5).indices.tolist())
+    top_q = set(q.topk(5).indices.tolist())
+    return {
+        "first_kl": kl,
+        "first_top5_overlap": len(top_p & top_q) / 5,
+        "first_token_agree": bool(int(p.argmax()) == int(q.argmax())),
+    }
+
+
+def answer(
+    model: torch.nn.Module, tokenizer: Any, inputs: dict[str, torch.Tensor], max_new_tokens: int, device: str
+) -> tuple[str, torch.Tensor, timing.GenerationTiming]:
+    """The greedy answer, the first token's logits [vocab] and the timing of one `generate()` call."""
+    result = timing.timed_generate(
+        model, inputs, max_new_tokens, device, output_logits=True, return_dict_in_generate=True
+    )
+    new_ids = result.output.sequences[0, inputs["input_ids"].shape[1] :]
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    return text, result.output.logits[0][0].float().cpu(), result
+
+
+def stats_fields(stats: dict[str, Any] | None, new_tokens: int) -> dict[str, Any]:
+    """The pruning figures of an accuracy record; the unpruned values for the baseline (no stats)."""
+    if stats is None:
+        return {
+            "pruned": False,
+            "prefill_token_fraction": 1.0,
+            "prompt_token_fraction_total": 1.0,
+            "revived_tokens": 0,
+            "decode_steps": new_tokens - 1,
+            "recomputed_token_layers": 0,
+        }
+    keys = (
+        "prefill_token_fraction",
+        "prompt_token_fraction_total",
+        "revived_tokens",
+        "decode_steps",
+        "recomputed_token_layers",
+    )
+    return {"pruned": bool(stats["pruned"]), **{key: stats[key] for key in keys}}
+
+
+def run_sample(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    configs: Configs,
+    sample: Sample,
+    schedules: tuple[str, ...],
+    max_new_tokens: int,
+    device: str,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of one sample under the baseline and `schedules`, and its token ids (for kvpress)."""
+    inputs = encode(tokenizer, chat_prompt(tokenizer, sample, answer_prefix=True), device)
+    tokens = int(inputs["input_ids"].shape[1])
+    records = []
+    for name in (BASELINE, *schedules):
+        apply(model, configs[name])
+        text, logits, result = answer(model, tokenizer, inputs, max_new_tokens, device)
+        if name == BASELINE:
+            reference_logits, reference_answer = logits, text
+        records.append(
+            {
+                "task": sample.task,
+                "length": sample.length,
+                "label": length_label(sample.length),
+                "depth": sample.depth,
+                "prompt_tokens": tokens,
+                "schedule": name,
+                "answer": text,
+                "gold": list(sample.answers),
+                "score": score(text, sample),
+                "answer_agree": text.strip() == reference_answer.strip(),
+                **first_token_figures(reference_logits, logits),
+                "ttft_s": result.ttft_s,
+                "total_s": result.total_s,
+                "new_tokens": result.new_tokens,
+                **stats_fields(last_stats(model), result.new_tokens),
+            }
+        )
+    return records, inputs["input_ids"][0].tolist()
+
+
+def measure_accuracy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    configs: Configs,
+    profile: Profile,
+    plan: Plan,
+    device: str,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Accuracy records of every sample of `plan`, and the encoded samples by id (for kvpress)."""
+    samples = make_samples(profile, plan, tokenizer, seed)
+    records: list[dict[str, Any]] = []
+    encoded: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=sum(1 + len(schedules) for _, schedules in samples), desc="accuracy", unit="gen")
+    counters: dict[tuple[str, int], int] = {}
+    for sample, schedules in samples:
+        index = counters[sample.task, sample.length] = counters.get((sample.task, sample.length), -1) + 1
+        sample_id = f"{sample.task}/{length_label(sample.length)}/{index}"
+        rows, ids = run_sample(model, tokenizer, configs, sample, schedules, profile.max_new_tokens, device)
+        records.extend({"id": sample_id, **row} for row in rows)
+        encoded[sample_id] = {"sample": sample, "input_ids": ids}
+        bar.update(len(rows))
+        tqdm.write(f"accuracy {sample_id}: baseline {rows[0]['score']:.2f} {rows[0]['answer'][:40]!r}")
+    bar.close()
+    apply(model, None)
+    return records, encoded

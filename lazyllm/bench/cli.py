@@ -1,0 +1,105 @@
+"""`lazyllm bench` (and `python -m lazyllm.bench`): run a profile, or render a report from earlier records.
+
+    lazyllm bench --profile quick                   # ~10 min on 2 CPU cores: speed, accuracy, fidelity, kvpress
+    lazyllm bench --profile full                    # well under an hour on 2 CPU cores
+    lazyllm bench --profile smoke --no-kvpress      # < 60 s, tiny random model (the test suite runs it)
+    lazyllm bench report RESULTS.jsonl... [--out DIR]   # the markdown report and plots from records alone
+    lazyllm bench frontier ... / lazyllm bench choose RESULTS.jsonl   # the token scores' fidelity frontier
+
+A run appends its records to `<out>/<profile>.jsonl` and then renders `<out>/<profile>.md` and its plots from that
+whole file (so earlier runs appended there are in the report too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from lazyllm.bench import choose, frontier, report
+from lazyllm.bench.profiles import PROFILES
+
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "report": report.main,
+    "frontier": frontier.main,
+    "choose": choose.main,
+}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lazyllm bench",
+        description=(
+            "LazyLLM benchmark rig: TTFT / decode speed vs prompt length, accuracy and fidelity on RULER-style tasks, "
+            "rivals (random drop, static pruning, no revival) at matching budget, whole-generation speedup (paper's "
+            "Table 2), and kvpress SnapKV / StreamingLLM at the same KV budget. Appends JSON-lines records to "
+            "<out>/<profile>.jsonl and renders <out>/<profile>.md and its plots from them. Other commands: "
+            "`lazyllm bench report RESULTS...`, `lazyllm bench frontier ...`, `lazyllm bench choose RESULTS...`."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="quick",
+        help="smoke: tiny random model, < 60 s (tests); quick: SmolLM2, < 10 min on 2 cores; full: well under 1 h",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
+    parser.add_argument("--out", default="benchmarks/results", help="output directory")
+    parser.add_argument("--no-kvpress", action="store_true", help="skip the kvpress comparison (and its virtualenv)")
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        help="torch intra-op threads: a number, or 'auto' = time a small workload with 1 thread and with all cores "
+        "and keep the faster (on a busy machine OpenMP with several threads can be many times slower); "
+        "the smoke profile always uses 1",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of prompts and samples")
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=None,
+        help="wall-time budget in minutes (default: the profile's, quick 10, full 50; 0 = unlimited). When the "
+        "measured speed projects past it, optional schedules and samples are dropped, and the report says which",
+    )
+    parser.add_argument(
+        "--render",
+        metavar="RESULTS.jsonl",
+        type=Path,
+        default=None,
+        help="measure nothing: the same as `lazyllm bench report RESULTS.jsonl` (report next to the file)",
+    )
+    parser.add_argument("--skip-speed", action="store_true", help="skip section 1 (for debugging)")
+    parser.add_argument("--skip-accuracy", action="store_true", help="skip sections 2-4 (for debugging)")
+    args = parser.parse_args(argv)
+    if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
+        parser.error(f"--threads must be a positive number or 'auto', not {args.threads!r}")
+    if args.budget_min is not None and args.budget_min < 0:
+        parser.error("--budget-min must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    args.command = shlex.join(["lazyllm", "bench", *argv])
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    args = parse_args(argv)
+    if args.render:
+        return report.main([str(args.render)])
+    from lazyllm.bench.run import measure
+
+    previous_threads = torch.get_num_threads()
+    try:
+        results = measure(args)
+    finally:
+        torch.set_num_threads(previous_threads)
+    path = report.render([results], results.parent, results.stem)
+    print(f"bench[{args.profile}]: records in {results}, report in {path}")
+    return 0
