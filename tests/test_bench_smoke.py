@@ -21,6 +21,7 @@ from lazyllm.bench.default_rule import choose_default
 from lazyllm.bench.profiles import BASELINE, PROFILES, RIVALS, analytic_kept, build_configs, token_fraction
 from lazyllm.bench.report import render
 from lazyllm.bench.summary import fidelity_summary, generation_table
+from lazyllm.config import LazyConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -234,3 +235,13 @@ def test_choose_default_rule() -> None:
     assert rule["chosen"] == "safe"  # "fast" loses 25 points on a cell where the baseline works
     assert rule["targets"]["4k"]["reached_by"] == ["fast"]
     assert rule["targets"]["4k"]["reached_with_fidelity_by"] == []
+
+
+def test_a_saved_config_is_measured_beside_the_presets(tmp_path: Path) -> None:
+    config = tmp_path / "mine.lazyllm.json"
+    LazyConfig(prune_layers=(1,), keep_ratios=(0.4,), min_prompt_tokens=0).save(config)
+    argv = ["--profile", "smoke", "--out", str(tmp_path), "--no-kvpress", "--skip-accuracy", "--config", str(config)]
+    assert main(argv) == 0
+    (run,) = rig_records.runs(rig_records.read([tmp_path / "smoke.jsonl"]))
+    timed = {record["schedule"] for record in run.speed}
+    assert "config" in timed and run.header["schedules"]["config"]["config"] == "1:0.4"

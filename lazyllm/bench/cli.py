@@ -60,6 +60,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts and samples")
     parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="also measure this saved config (LazyConfig.save / `lazyllm calibrate --out`), as schedule 'config'",
+    )
+    parser.add_argument(
         "--budget-min",
         type=float,
         default=None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from lazyllm.bench.records import RunLog
 from lazyllm.bench.rivals import run_kvpress
 from lazyllm.bench.speed import measure_speed
 from lazyllm.bench.summary import mean
+from lazyllm.config import LazyConfig
 
 
 def set_threads(profile: Profile, threads: str) -> dict[str, float]:
@@ -90,6 +91,13 @@ def measure(args: argparse.Namespace) -> Path:
     model, tokenizer, name, model_dir = load(profile, args.device)
     layers = model.config.num_hidden_layers
     configs = build_configs(layers)
+    if args.config:  # a saved config (e.g. from `lazyllm calibrate`) is measured beside the presets, as "config"
+        configs["config"] = LazyConfig.load(args.config, model)
+        profile = replace(
+            profile,
+            timing_schedules=(*profile.timing_schedules, "config"),
+            accuracy_schedules=(*profile.accuracy_schedules, "config"),
+        )
     log = RunLog(Path(args.out) / f"{profile.name}.jsonl", profile.name)
     log.add("run", header(args, profile, model, name, probe, configs))
     tqdm.write(f"bench[{profile.name}]: {name}, {layers} layers, {args.device}, threads {torch.get_num_threads()}")
