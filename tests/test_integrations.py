@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import random_ids, tiny_llama
+from conftest import need, random_ids, tiny_llama
 from kv_checks import check_kv, checked_generate, recording
 from transformers import AutoModelForCausalLM
 
@@ -18,7 +18,7 @@ import lazyllm
 
 
 def test_text_generation_pipeline_on_smollm2(smollm2) -> None:
-    pytest.importorskip("long_context_eval")
+    need("long_context_eval")
     from lazyllm.bench.tasks import chat_prompt, long_document_question
 
     model, tokenizer = smollm2
