@@ -24,6 +24,8 @@ with torch.inference_mode():
 answer = tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
 print("question:", text.rsplit("Question:", 1)[-1].strip())
 print("answer:  ", answer.strip(), f"(expected: {expected})")
-print(lazyllm.stats(model).summary())
+stats = lazyllm.stats(model)
+print(stats.summary())
+assert stats.pruned, f"not pruned: {stats.fallback_reason}"  # e.g. a prompt shorter than min_prompt_tokens
 
 lazyllm.unpatch(model)  # the model is exactly as before

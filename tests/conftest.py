@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+from types import ModuleType
+from typing import NoReturn
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -9,6 +14,24 @@ from transformers import LlamaConfig, LlamaForCausalLM
 torch.set_num_threads(2)
 
 REAL_MODEL_FILES = ("test_models.py", "test_tasks.py")  # the packaged SmolLM2 and its tokenizer throughout
+# CI sets LAZYLLM_REQUIRE_DATA=1: a missing data package or optional dependency then fails the test, so that a
+# broken install cannot pass as a run of skips.
+REQUIRE_DATA = os.environ.get("LAZYLLM_REQUIRE_DATA") == "1"
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip: something the test needs is not installed (a failure under LAZYLLM_REQUIRE_DATA=1)."""
+    if REQUIRE_DATA:
+        pytest.fail(f"{reason} (LAZYLLM_REQUIRE_DATA=1 turns this skip into a failure)")
+    pytest.skip(reason)
+
+
+def need(module: str) -> ModuleType:
+    """Import `module`, or skip the test where it is not installed (a failure under LAZYLLM_REQUIRE_DATA=1)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        missing(f"needs {module}: {error}")
 
 
 def pytest_configure(config: pytest.Config) -> None:

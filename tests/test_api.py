@@ -1,8 +1,11 @@
 """The public surface: patch/unpatch symmetry, fallbacks that say why, and clear errors before any work."""
 
+import gc
+
 import pytest
 import torch
 from conftest import random_ids, tiny_llama
+from kv_checks import check_kv, checked_generate, pruned_stats, recording
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 import lazyllm
@@ -22,6 +25,7 @@ def test_unpatch_restores_bit_identical_outputs_and_attributes():
         before_text = model.generate(ids, max_new_tokens=16, do_sample=False)
         lazyllm.patch(model, SCHEDULE)
         pruned_text = model.generate(ids, max_new_tokens=16, do_sample=False)
+        pruned_stats(model)
         lazyllm.unpatch(model)
         after_logits = model(ids).logits
         after_text = model.generate(ids, max_new_tokens=16, do_sample=False)
@@ -39,8 +43,10 @@ def test_patching_twice_is_idempotent_and_changes_only_the_schedule():
     lazyllm.patch(model, SCHEDULE)
     with torch.inference_mode():
         once = model.generate(ids, max_new_tokens=16, do_sample=False)
+        pruned_stats(model)
         lazyllm.patch(model, SCHEDULE)
         twice = model.generate(ids, max_new_tokens=16, do_sample=False)
+        pruned_stats(model)
     assert torch.equal(once, twice) and hook_count(model) == 2
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0))
     assert hook_count(model) == 1 and model._lazyllm.config.prune_layers == (3,)
@@ -69,14 +75,15 @@ def test_consecutive_generates_do_not_leak_state():
     first_ids, second_ids = random_ids(300, seed=1), random_ids(180, seed=2)
     with torch.inference_mode():
         first = model.generate(first_ids, max_new_tokens=20, do_sample=False)
-        first_stats = lazyllm.stats(model)
+        first_stats = pruned_stats(model)
         model.generate(second_ids, max_new_tokens=10, do_sample=False)
-        second_stats = lazyllm.stats(model)
+        second_stats = pruned_stats(model)
         again = model.generate(first_ids, max_new_tokens=20, do_sample=False)
     assert torch.equal(first, again)
     assert first_stats.prompt_tokens == [300] and second_stats.prompt_tokens == [180]
     assert second_stats.decode_steps == 9 and lazyllm.stats(model).as_dict() == first_stats.as_dict()
-    assert len(model._lazyllm.states) <= 1, "caches of finished generate() calls are not kept alive"
+    gc.collect()
+    assert len(model._lazyllm.states) == 0, "caches of finished generate() calls are not kept alive"
 
 
 def test_short_prompts_and_full_sequence_calls_fall_back_exactly():
@@ -190,20 +197,43 @@ def test_stats_of_an_unpatched_model_is_an_error():
         lazyllm.stats(tiny_llama("gqa"))
 
 
-def test_static_pruning_and_random_selection_run():
-    """The benchmark's rivals: a single early cut without revival, and random token drop."""
-    ids = random_ids(240)
+def test_static_pruning_keeps_the_prefill_selection_in_decoding():
+    """revive=False (the benchmark's static rival): a cut layer never takes a token back, and parks nothing."""
+    ids = random_ids(240, batch=2)
+    mask = torch.ones_like(ids)
+    mask[1, :40] = 0
     model = tiny_llama("gqa")
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(1,), keep_ratios=(0.3,), min_prompt_tokens=0, revive=False))
+    with torch.inference_mode(), recording(model) as seen:
+        model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+    static = pruned_stats(model)
+    ((cache, state),) = seen
+    assert check_kv(model, cache, state) == [240 + 200 + 2 * 9] + [72 + 60 + 2 * 9] * 5
+    assert static.kept_per_layer == [440] + [132] * 5 and state.aux == [None]
+    for layer in range(1, 6):  # the prefill's selection, then one entry per decoding step
+        assert torch.equal(state.positions[layer][:, -9:], state.positions[0][:, -9:])
+        assert torch.equal(state.positions[layer], state.positions[1])
+    assert static.revived_tokens == 0 and static.aux_cache_tokens == 0
+
+
+def kept_by(model, ids, **options):
+    config = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0, **options)
+    lazyllm.patch(model, config)
+    with torch.inference_mode(), recording(model) as seen:
+        model(ids, logits_to_keep=1)
+    assert pruned_stats(model).kept_per_layer == [240, 240, 120, 120, 48, 48]
+    return [seen[0][1].positions[layer][0].tolist() for layer in (2, 4)]
+
+
+def test_random_selection_is_seeded_and_not_the_attention_selection():
+    ids = random_ids(240)
+    model = tiny_llama("gqa")
+    attention = kept_by(model, ids)
+    first, again = kept_by(model, ids, selection="random"), kept_by(model, ids, selection="random")
+    other_seed = kept_by(model, ids, selection="random", seed=1)
+    assert first == again, "random selection is seeded"
+    for layer in range(2):
+        assert first[layer] != attention[layer] and first[layer] != other_seed[layer]
+        assert len(set(first[layer]) & set(attention[layer])) < 0.8 * len(first[layer])
     with torch.inference_mode():
-        model.generate(ids, max_new_tokens=10, do_sample=False)
-    static = lazyllm.stats(model)
-    assert static.revived_tokens == 0 and static.aux_cache_tokens == 0 and static.kept_per_layer[1:] == [72] * 5
-    lazyllm.patch(
-        model, lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0, selection="random")
-    )
-    with torch.inference_mode():
-        first = model.generate(ids, max_new_tokens=10, do_sample=False)
-        second = model.generate(ids, max_new_tokens=10, do_sample=False)
-    assert torch.equal(first, second), "random selection is seeded"
-    assert lazyllm.stats(model).kept_per_layer == [240, 240, 120, 120, 48, 48]
+        checked_generate(model, ids, max_new_tokens=10, do_sample=False)

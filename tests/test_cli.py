@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_llama
+from conftest import need, tiny_llama
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -74,7 +74,7 @@ def test_help_of_every_command(argv: list[str], capsys: pytest.CaptureFixture[st
 
 
 def test_bench_help_is_the_rigs_help(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("lazyllm.bench.cli")
+    need("lazyllm.bench.cli")
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--help"])
     assert exit_info.value.code == 0
@@ -82,7 +82,7 @@ def test_bench_help_is_the_rigs_help(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_bench_passes_its_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = pytest.importorskip("lazyllm.bench.cli")
+    bench = need("lazyllm.bench.cli")
     seen: list[list[str]] = []
     monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
     assert main(["bench", "--profile", "quick", "--out", "x"]) == 0
@@ -198,7 +198,7 @@ def test_chat_without_template(tiny_dir: Path, prompt_file: Path, capsys: pytest
 # -- demo ------------------------------------------------------------------------------------------------------------
 def test_demo_end_to_end_on_a_tiny_model(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The whole demo (real long-document question, both generations, interleaved TTFT) with a tiny model."""
-    pytest.importorskip("long_context_eval")
+    need("long_context_eval")
     argv = ["demo", "--model", str(tiny_dir), "--length", "300", "--max-new-tokens", "2", "--repeats", "1"]
     status = main([*argv, "--min-prompt-tokens", "64", "--no-progress"])
     captured = capsys.readouterr()
@@ -217,7 +217,7 @@ def test_demo_rejects_bad_input_before_loading(capsys: pytest.CaptureFixture[str
 
 def test_demo_on_smollm2(capsys: pytest.CaptureFixture[str]) -> None:
     """The real demo, shortened (about 15 s on an idle 2-core CPU, model and text cached)."""
-    pytest.importorskip("long_context_eval")
+    need("long_context_eval")
     argv = ["demo", "--length", "1200", "--max-new-tokens", "4", "--repeats", "1", "--min-prompt-tokens", "0"]
     argv.append("--no-progress")
     assert main(argv) == 0

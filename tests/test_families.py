@@ -3,9 +3,11 @@
 import pytest
 import torch
 from conftest import random_ids
+from kv_checks import checked_generate, pruned_stats
 from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import lazyllm
+import lazyllm.forward
 
 SMALL = dict(
     vocab_size=256,
@@ -39,14 +41,36 @@ def test_family_keep_all_is_exact_and_pruning_runs(family):
         base_text = model.generate(ids, max_new_tokens=24, do_sample=False)
         lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(1.0, 1.0), min_prompt_tokens=0))
         logits = model(ids, logits_to_keep=1).logits[:, -1]
+        pruned_stats(model)
         text = model.generate(ids, max_new_tokens=24, do_sample=False)
-        assert lazyllm.stats(model).pruned
+        pruned_stats(model)
         lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0))
-        model.generate(ids, max_new_tokens=8, do_sample=False)
+        _, stats, _ = checked_generate(model, ids, max_new_tokens=8, do_sample=False)
     assert (logits - base_logits).abs().max().item() < 1e-5
     assert torch.equal(text, base_text)
-    stats = lazyllm.stats(model)
-    assert stats.kept_per_layer == [180, 180, 90, 90, 36, 36] and stats.recomputed_token_layers == 0
+    assert stats.kept_per_layer == [180, 180, 90, 90, 36, 36]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_scores_are_the_eager_attention_maps(family, monkeypatch):
+    """Eq. 1 for every family (Qwen3 normalises queries and keys per head): in prefill and in each decoding step,
+    the scores are the newest token's attention row in the layer before the cut, mean over heads. Layers before
+    the first cut hold every token, so the unpatched model's maps over the generated sequence are the reference."""
+    model = build(family, attn_implementation="eager")
+    ids = random_ids(60)
+    seen, score = [], lazyllm.forward.attention_scores
+    monkeypatch.setattr(lazyllm.forward, "attention_scores", lambda *args: seen.append(score(*args)) or seen[-1])
+    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.3,), min_prompt_tokens=0))
+    with torch.inference_mode():
+        sequence = model.generate(ids, max_new_tokens=4, do_sample=False)
+        pruned_stats(model)
+        lazyllm.unpatch(model)
+        maps = model(sequence[:, :63], output_attentions=True).attentions[2]  # (B, H, 63, 63)
+    assert len(seen) == 4, "the prefill and three decoding steps"
+    for step, scores in enumerate(seen):  # step 0 scores with token 59, step t with token 59 + t
+        query = 59 + step
+        expected = maps[:, :, query, : query + 1].mean(dim=1)
+        assert (scores - expected).abs().max().item() < 1e-6
 
 
 def test_sliding_window_attention_is_refused():

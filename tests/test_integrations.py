@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import random_ids, tiny_llama
+from conftest import need, random_ids, tiny_llama
+from kv_checks import check_kv, checked_generate, recording
 from transformers import AutoModelForCausalLM
 
 import lazyllm
@@ -17,7 +18,7 @@ import lazyllm
 
 
 def test_text_generation_pipeline_on_smollm2(smollm2) -> None:
-    pytest.importorskip("long_context_eval")
+    need("long_context_eval")
     from lazyllm.bench.tasks import chat_prompt, long_document_question
 
     model, tokenizer = smollm2
@@ -40,13 +41,14 @@ def test_text_generation_pipeline_on_smollm2(smollm2) -> None:
     assert same == baseline and baseline.strip()
 
     default = lazyllm.LazyConfig.preset("default", layers, min_prompt_tokens=0)
-    with lazyllm.patched(model, default):  # the default schedule really drops tokens
+    with lazyllm.patched(model, default), recording(model) as seen:  # the default schedule really drops tokens
         pruned = pipe(prompt, **options)[0]["generated_text"]
         stats = lazyllm.stats(model)
         assert stats.pruned and stats.fallback_reason is None
         assert stats.prefill_token_fraction < 0.95
         assert stats.decode_steps == 2
         assert stats.recomputed_token_layers == 0
+        assert sum(check_kv(model, *seen[-1])) == stats.total_token_layers
     assert pruned.strip()
     assert not lazyllm.is_patched(model)
 
@@ -99,13 +101,12 @@ def test_offloaded_model_prunes_like_the_in_memory_one(reference_and_offloaded) 
             expected = reference.generate(**inputs, **GENERATE)
             expected_stats = lazyllm.stats(reference).as_dict()
         with lazyllm.patched(offloaded, SCHEDULE):
-            got = offloaded.generate(**inputs, **GENERATE)
-            got_stats = lazyllm.stats(offloaded).as_dict()
+            got, stats, _ = checked_generate(offloaded, **inputs, **GENERATE)
+            got_stats = stats.as_dict()
         unpatched = offloaded.generate(**inputs, **GENERATE)
     assert torch.equal(got, expected)
     assert got_stats == expected_stats
-    assert got_stats["pruned"] and got_stats["kept_per_layer"] == [400, 400, 200, 200, 80, 80]
-    assert got_stats["recomputed_token_layers"] == 0
+    assert got_stats["kept_per_layer"] == [400, 400, 200, 200, 80, 80]
     assert torch.equal(unpatched, reference.generate(**inputs, **GENERATE))  # unpatch restored accelerate's forward
 
 

