@@ -86,6 +86,7 @@ def main() -> None:
                     )
                     print(json.dumps(record), flush=True)
                     out.write(json.dumps(record) + "\n")
+                    out.flush()
 
 
 if __name__ == "__main__":
