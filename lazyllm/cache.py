@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 from lazyllm.selection import gather_rows, pack
 from lazyllm.stats import LazyStats
@@ -22,16 +22,29 @@ class UnsupportedCacheError(TypeError):
 
 
 def check_cache(cache: Cache | None) -> None:
-    """Raise unless `cache` is None or a plain, non-offloading `DynamicCache` of full-attention layers."""
+    """Raise unless `cache` is None or a plain, non-offloading `DynamicCache` (full or sliding-window layers)."""
     if cache is None:
         return
-    plain = type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+    layer_types = (DynamicLayer, DynamicSlidingWindowLayer)
+    plain = type(cache) is DynamicCache and all(type(layer) in layer_types for layer in cache.layers)
     if not plain or getattr(cache, "offloading", False):
         raise UnsupportedCacheError(
             f"lazyllm prunes the default DynamicCache only, got {type(cache).__name__}"
             f"{' with offloading' if plain else ''}: drop cache_implementation / past_key_values "
-            "(static, offloaded, quantized and sliding-window caches are not supported), or lazyllm.unpatch(model)."
+            "(static, offloaded and quantized caches are not supported), or lazyllm.unpatch(model)."
         )
+
+
+def with_full_layers(cache: DynamicCache) -> DynamicCache:
+    """`cache` (empty, before a pruned prefill) with its sliding-window layers swapped for full `DynamicLayer`s.
+
+    A sliding-window layer keeps only its last `window - 1` entries in append order, but a pruned layer appends
+    revived tokens after newer ones and LazyLLM resumes them there later, so a sliding layer keeps every entry it
+    computed, like a full layer; the window is applied in the masks, by position (see `forward.attention_mask_for`).
+    This costs memory next to the unpatched model: a sliding layer holds its kept tokens instead of one window.
+    """
+    cache.layers = [layer if type(layer) is DynamicLayer else DynamicLayer() for layer in cache.layers]
+    return cache
 
 
 class Slots:

@@ -465,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeats", type=int, default=3, help="timed prefills per model (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="which question (default: %(default)s)")
     demo.add_argument(
-        "--model", default="smollm2", help="'smollm2', a .gguf file or a local HF directory (default: %(default)s)"
+        "--model",
+        default="smollm2",
+        help="'smollm2', 'gemma3', a .gguf file or a local HF directory (default: %(default)s)",
     )
     _add_model_options(demo)
     demo.set_defaults(handler=cmd_demo)
@@ -473,11 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate",
         help="patch a local Llama-family model, answer a prompt file, print the stats",
-        description="Greedy generation with a patched model from local files only: 'smollm2', a .gguf file, or a "
-        "directory written by save_pretrained (with its tokenizer). Supported: Llama, Mistral, Qwen2, Qwen3.",
+        description="Greedy generation with a patched model from local files only: 'smollm2', 'gemma3', a .gguf file, or a "
+        "directory written by save_pretrained (with its tokenizer). Supported: Llama, Mistral, Qwen2, Qwen3, Gemma 3.",
     )
     generate.add_argument(
-        "--model", required=True, metavar="PATH_OR_NAME", help="'smollm2', a .gguf file or a local HF directory"
+        "--model",
+        required=True,
+        metavar="PATH_OR_NAME",
+        help="'smollm2', 'gemma3', a .gguf file or a local HF directory",
     )
     generate.add_argument(
         "--prompt-file", required=True, metavar="FILE", help="UTF-8 text file with the prompt ('-': stdin)"
@@ -501,7 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
         "of the prompts (or the most faithful one at --speedup). Saves the config for --config.",
     )
     calibrate.add_argument(
-        "--model", required=True, metavar="PATH_OR_NAME", help="'smollm2', a .gguf file or a local HF directory"
+        "--model",
+        required=True,
+        metavar="PATH_OR_NAME",
+        help="'smollm2', 'gemma3', a .gguf file or a local HF directory",
     )
     calibrate.add_argument(
         "--prompts",

@@ -2,19 +2,23 @@
 
 Every supported family has the Llama layout (`model.model.embed_tokens/layers/norm/rotary_emb`, decoder layers
 called as `layer(hidden, attention_mask=, position_ids=, cache= (or past_key_values=), use_cache=, position_embeddings=)`).
-What differs is where the query of a layer can be read before RoPE, and which RoPE function the family uses.
+What differs is where the query of a layer can be read before RoPE, which RoPE function the family uses, and whether
+RoPE differs by layer type (Gemma 3: a local RoPE for sliding-window layers, a global one for full-attention layers).
 Adding a family is one `FamilyAdapter(...)` entry in `FAMILIES`.
+
+Sliding-window attention (Mistral or Qwen2 with `sliding_window` set, Gemma 3's hybrid layers) is read from the
+config by `attention_windows`: the pruned forward applies each layer's window in the masks it builds.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.models.gemma3 import modeling_gemma3
 from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
 from transformers.models.qwen2 import modeling_qwen2
@@ -32,15 +36,35 @@ class FamilyAdapter:
     """How to read the pre-RoPE query of one decoder layer of a family.
 
     `query_module(layer)` is the submodule whose output holds the layer's queries before RoPE, shaped
-    `(B, q, H * head_dim)` or `(B, q, H, head_dim)`. A forward hook on it sees the query computed inside the
-    layer's own forward, so scoring needs neither a second projection nor weights outside that forward
-    (which accelerate's offload hooks would not have loaded).
+    `(B, q, H * head_dim)` or `(B, q, H, head_dim)`, or `(B, H, q, head_dim)` when `heads_first` (Gemma 3 norms its
+    queries after moving the heads forward). A forward hook on it sees the query computed inside the layer's own
+    forward, so scoring needs neither a second projection nor weights outside that forward (which accelerate's
+    offload hooks would not have loaded). `rope_by_layer_type`: the base model's `rotary_emb` takes the layer's
+    type as a third argument and gives that type's `(cos, sin)`.
     """
 
     name: str
     causal_lm_class: type[nn.Module]
     query_module: Callable[[nn.Module], nn.Module]
     apply_rotary_pos_emb: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    heads_first: bool = False
+    rope_by_layer_type: bool = False
+
+    def last_queries(self, output: torch.Tensor, window: int) -> torch.Tensor:
+        """The query module's `output` for the last `window` tokens, tokens first: `(B, w, ...)`."""
+        return output[:, :, -window:].transpose(1, 2) if self.heads_first else output[:, -window:]
+
+    def rope_kind(self, config: object, layer: int) -> str | None:
+        """Which RoPE layer `layer` uses: its layer type where RoPE differs by type, else None (one RoPE)."""
+        return config.layer_types[layer] if self.rope_by_layer_type else None
+
+    def rotary(
+        self, base: nn.Module, hidden: torch.Tensor, positions: torch.Tensor, kind: str | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)` `(B, q, head_dim)` of RoPE `kind` (see `rope_kind`) at `positions (B, q)`."""
+        if self.rope_by_layer_type:
+            return base.rotary_emb(hidden, positions, kind)
+        return base.rotary_emb(hidden, positions)
 
     def queries(self, captured: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Queries `(B, H, w, head_dim)` of the last `w` tokens with RoPE applied.
@@ -69,7 +93,34 @@ FAMILIES: dict[str, FamilyAdapter] = {
     ),
     "qwen2": FamilyAdapter("qwen2", modeling_qwen2.Qwen2ForCausalLM, _q_proj, modeling_qwen2.apply_rotary_pos_emb),
     "qwen3": FamilyAdapter("qwen3", modeling_qwen3.Qwen3ForCausalLM, _q_norm, modeling_qwen3.apply_rotary_pos_emb),
+    "gemma3_text": FamilyAdapter(
+        "gemma3_text",
+        modeling_gemma3.Gemma3ForCausalLM,
+        _q_norm,
+        modeling_gemma3.apply_rotary_pos_emb,
+        heads_first=True,
+        rope_by_layer_type=True,
+    ),
 }
+
+ATTENTION_TYPES = ("full_attention", "sliding_attention")
+
+
+def attention_windows(config: object) -> list[int | None]:
+    """Per decoder layer, the sliding window of its attention (None: full attention).
+
+    A query at position p attends keys at positions k with p - window < k <= p, as Transformers' sliding masks do.
+    Configs with `layer_types` (Qwen2/3, Gemma 3) say it per layer; Mistral's `sliding_window` covers every layer.
+    """
+    count = config.num_hidden_layers
+    sliding = getattr(config, "sliding_window", None) is not None
+    types = getattr(config, "layer_types", None) or ["sliding_attention" if sliding else "full_attention"] * count
+    unknown = sorted(set(types[:count]) - set(ATTENTION_TYPES))
+    if unknown:
+        raise UnsupportedModelError(
+            f"lazyllm supports layer types {' and '.join(ATTENTION_TYPES)}, this config also uses {unknown}."
+        )
+    return [config.sliding_window if kind == "sliding_attention" else None for kind in types[:count]]
 
 
 def adapter_for(model: nn.Module) -> FamilyAdapter:
@@ -84,13 +135,22 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
             "Load the checkpoint with AutoModelForCausalLM."
         )
     check_attention_backend(model)
-    layer_types = {type(layer).__name__ for layer in DynamicCache(config=config).layers}
-    if layer_types and layer_types != {DynamicLayer.__name__}:
+    if adapter.rope_by_layer_type and not rope_takes_layer_type(model.model.rotary_emb):
         raise UnsupportedModelError(
-            f"lazyllm needs full attention in every layer, but this {adapter.name} config uses {sorted(layer_types)} "
-            "cache layers (sliding-window attention). Set config.sliding_window = None if the prompts fit the window."
+            f"lazyllm supports {adapter.name} from Transformers 5 on (one RoPE module taking the layer type); "
+            "upgrade transformers."
         )
+    if getattr(config, "use_bidirectional_attention", False):
+        raise UnsupportedModelError(
+            "lazyllm prunes causal language models; this config uses bidirectional attention (an embedding model)."
+        )
+    attention_windows(config)
     return adapter
+
+
+def rope_takes_layer_type(rotary_emb: nn.Module) -> bool:
+    """Whether `rotary_emb(x, positions, layer_type)` works (Gemma 3 on Transformers 5; 4.x had two modules)."""
+    return "layer_type" in inspect.signature(rotary_emb.forward).parameters
 
 
 def check_attention_backend(model: nn.Module) -> None:

@@ -8,6 +8,12 @@ A call runs the decoder layers on a changing set of tokens (`Tokens`):
   again come back from the Aux Cache and are computed from the layer where they stopped (never from the start);
 - every layer appends the KV of the tokens it computed to Transformers' `DynamicCache` and attends only the
   chosen tokens, through a mask built from original positions (RoPE positions never change).
+
+Sliding-window layers (Gemma 3's local layers, Mistral/Qwen2 with `sliding_window`) attend, of the chosen tokens,
+those within the window of each query's position; their cache keeps every entry they computed (see
+`cache.with_full_layers`). Scores at a cut come from the layer before it whatever its type, over every entry that
+layer holds: a sliding layer's queries and keys score tokens outside its window too (else every cut after a sliding
+layer would keep just the last window).
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from lazyllm.cache import LazyState, check_cache
+from lazyllm.cache import LazyState, check_cache, with_full_layers
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
-from lazyllm.families import check_attention_backend
+from lazyllm.families import FamilyAdapter, attention_windows, check_attention_backend
 from lazyllm.scoring import attention_scores, pool_neighbours, random_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
 from lazyllm.spans import span
@@ -44,6 +50,22 @@ class Tokens:
 
     hidden: torch.Tensor  # (B, q, D)
     positions: torch.Tensor  # (B, q), sorted per row, empty slots first, newest token last
+
+
+class PositionEmbeddings:
+    """RoPE `(cos, sin)`, each `(B, q, head_dim)`, of one token set, computed once per RoPE kind (Gemma 3 has two)."""
+
+    def __init__(self, adapter: FamilyAdapter, base: nn.Module, tokens: Tokens) -> None:
+        self.adapter, self.base, self.tokens = adapter, base, tokens
+        self.computed: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def of(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `(cos, sin)` that decoder layer `layer` applies."""
+        kind = self.adapter.rope_kind(self.base.config, layer)
+        if kind not in self.computed:
+            positions = self.tokens.positions.clamp(min=0)
+            self.computed[kind] = self.adapter.rotary(self.base, self.tokens.hidden, positions, kind)
+        return self.computed[kind]
 
 
 def lazy_forward(
@@ -155,7 +177,7 @@ def prefill(
 
     lengths = real.sum(dim=1).tolist()
     keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
-    cache = cache if cache is not None else DynamicCache(config=base.config)
+    cache = with_full_layers(cache if cache is not None else DynamicCache(config=base.config))
     generator = None
     if config.selection == "random":
         generator = torch.Generator(device=hidden.device).manual_seed(config.seed)
@@ -208,33 +230,36 @@ def run_layers(
     chosen: torch.Tensor | None = None  # (B, width): tokens the current layer may attend; None = all
     revived: list[torch.Tensor] = []
     computed: list[torch.Tensor] = []  # tokens computed per layer
-    embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the current tokens
-    mask: torch.Tensor | None = None
-    count: torch.Tensor | None = None  # () tokens computed by the current segment's layers
+    windows = attention_windows(base.config)  # per layer: its sliding window, None for full attention
+    # The layers of a segment (up to the next cut) compute the same tokens and hold the same entries: they share
+    # the RoPE of the tokens, one mask per attention window, and the count of tokens computed.
+    embeddings = PositionEmbeddings(runtime.adapter, base, tokens)
+    masks: dict[int | None, torch.Tensor | None] = {}  # window -> mask
+    count = (tokens.positions >= 0).sum()  # ()
     runtime.capturing = True
     try:
         for index, layer in enumerate(layers):
-            segment_starts = index == 0
             if index in pruning_index:
                 tokens, chosen, revived_here = cut_at(
                     runtime, state, cache, layers, index, tokens, chosen, embeddings, reselects, prefill
                 )
                 revived.append(revived_here)
-                segment_starts = True
-            if segment_starts:  # the layers up to the next cut compute the same tokens and hold the same entries
-                embeddings = base.rotary_emb(tokens.hidden, tokens.positions.clamp(min=0))
+                embeddings, masks = PositionEmbeddings(runtime.adapter, base, tokens), {}
+                count = (tokens.positions >= 0).sum()
+            window = windows[index]
+            if window not in masks:
                 with span("mask"):
                     before = state.entries(index)
-                    mask = attention_mask_for(base, state, before, tokens.positions, chosen, tokens.hidden.dtype)
-                count = (tokens.positions >= 0).sum()
+                    dtype = tokens.hidden.dtype
+                    masks[window] = attention_mask_for(base, state, before, tokens.positions, chosen, dtype, window)
             with span("layers" if tokens.positions.shape[1] == 1 else "layers_revived"):
                 hidden = layer(
                     tokens.hidden,
-                    attention_mask=mask,
+                    attention_mask=masks[window],
                     position_ids=tokens.positions.clamp(min=0),
                     use_cache=True,
                     **{CACHE_KWARG: cache},
-                    position_embeddings=embeddings,
+                    position_embeddings=embeddings.of(index),
                 )
             with span("bookkeeping"):
                 state.record(index, tokens.positions)
@@ -256,7 +281,7 @@ def cut_at(
     index: int,
     tokens: Tokens,
     chosen: torch.Tensor | None,
-    embeddings: tuple[torch.Tensor, torch.Tensor],
+    embeddings: PositionEmbeddings,
     reselects: bool,
     prefill: bool,
 ) -> tuple[Tokens, torch.Tensor | None, torch.Tensor]:
@@ -290,7 +315,7 @@ def select(
     cut: int,
     tokens: Tokens,
     chosen: torch.Tensor | None,
-    embeddings: tuple[torch.Tensor, torch.Tensor],
+    embeddings: PositionEmbeddings,
     prefill: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose at pruning layer `index` (the `cut`-th): `(B, width)` the tokens to attend and the parked tokens that
@@ -359,7 +384,7 @@ def score_table(
     tokens: Tokens,
     chosen: torch.Tensor | None,
     width: int,
-    embeddings: tuple[torch.Tensor, torch.Tensor],
+    embeddings: PositionEmbeddings,
     prefill: bool,
 ) -> torch.Tensor:
     """`(B, width)` scores by position, from the attention in layer `source` (0 where it holds no entry)."""
@@ -378,7 +403,7 @@ def token_scores(
     tokens: Tokens,
     entries: torch.Tensor,
     attended: torch.Tensor,
-    embeddings: tuple[torch.Tensor, torch.Tensor],
+    embeddings: PositionEmbeddings,
     prefill: bool,
 ) -> torch.Tensor:
     """`(B, T)` scores of the entries that layer `previous` holds, from the queries it computed last.
@@ -391,7 +416,7 @@ def token_scores(
         return random_scores(attended, state.generator)
     device = entries.device
     window = config.score_window if prefill else 1
-    cos, sin = (part[:, -window:] for part in embeddings)  # (B, w, d)
+    cos, sin = (part[:, -window:] for part in embeddings.of(previous))  # (B, w, d)
     captured = runtime.captured[previous][:, -window:].to(device)
     queries = runtime.adapter.queries(captured, layers[previous], cos, sin)  # (B, H, w, d)
     query_positions = tokens.positions[:, -window:]
@@ -407,26 +432,33 @@ def attention_mask_for(
     query_positions: torch.Tensor,
     chosen: torch.Tensor | None,
     dtype: torch.dtype,
+    window: int | None = None,
 ) -> torch.Tensor | None:
-    """The mask of one layer: every query attends the chosen keys at or before its own position.
+    """The mask of one layer: every query attends the chosen keys at or before its own position (and after
+    `position - window` in a sliding-window layer).
 
     Args:
         before: `(B, T0)` positions of the entries the layer held before this call.
         query_positions: `(B, q)` positions of the tokens it computes now (their keys are appended after `before`).
         chosen: `(B, width)` tokens the layer may attend, None for all.
+        window: the layer's sliding window, None for full attention.
 
     Returns:
         `(B, 1, q, T0 + q)`: bool for SDPA, additive float for eager; None where SDPA's own handling is exact
         (a causal prefill over sorted tokens, or one query that may see every key).
     """
     sdpa = base.config._attn_implementation == "sdpa"
-    if sdpa and before.shape[1] == 0 and bool((query_positions >= 0).all()):
-        return None  # prefill without empty slots: keys are the queries, sorted, so is_causal is exact
-    if sdpa and query_positions.shape[1] == 1 and chosen is None and not state.padded:
-        return None
+    if sdpa and window is None:
+        if before.shape[1] == 0 and bool((query_positions >= 0).all()):
+            return None  # prefill without empty slots: keys are the queries, sorted, so is_causal is exact
+        if query_positions.shape[1] == 1 and chosen is None and not state.padded:
+            return None
     key_positions = torch.cat([before.to(query_positions.device), query_positions], dim=1)  # (B, T)
     key_allowed = key_positions >= 0 if chosen is None else lookup(chosen, key_positions)
-    allowed = key_allowed[:, None, :] & (key_positions[:, None, :] <= query_positions[:, :, None])  # (B, q, T)
+    distance = query_positions[:, :, None] - key_positions[:, None, :]  # (B, q, T)
+    allowed = key_allowed[:, None, :] & (distance >= 0)
+    if window is not None:
+        allowed &= distance < window
     # An empty slot attends only its own key, so that no softmax row is empty (SDPA would return NaN).
     query_count = query_positions.shape[1]
     own = torch.eye(query_count, dtype=torch.bool, device=allowed.device)[None] & (query_positions < 0)[:, :, None]

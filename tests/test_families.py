@@ -71,8 +71,3 @@ def test_family_scores_are_the_eager_attention_maps(family, monkeypatch):
         query = 59 + step
         expected = maps[:, :, query, : query + 1].mean(dim=1)
         assert (scores - expected).abs().max().item() < 1e-6
-
-
-def test_sliding_window_attention_is_refused():
-    with pytest.raises(lazyllm.UnsupportedModelError, match="sliding"):
-        lazyllm.patch(build("mistral", sliding_window=64))

@@ -1,0 +1,93 @@
+"""TTFT and answer agreement of the presets on Gemma 3 270M (base model, completion-style needle prompts).
+
+For each length, each needle prompt runs the baseline and every preset in turn (interleaved, so a busy host slows
+all alike); TTFT is the time from the call to the first generated token, and `cpu_s` the process CPU time spent by
+then (on a shared host it tracks the work done better than the wall clock). One JSON line per run.
+
+    python benchmarks/gemma3_ttft.py --lengths 4096 8192 --out benchmarks/results/gemma3-ttft.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import lazyllm
+from lazyllm.bench.tasks import build_samples, score
+from lazyllm.models import load_model
+
+CONFIGS = ("baseline", "default", "balanced", "aggressive")
+
+
+class FirstToken:
+    """A `generate()` streamer noting when the first generated token arrives (its first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts, self.at, self.cpu_at = 0, None, None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.at, self.cpu_at = time.perf_counter(), time.process_time()
+
+    def end(self) -> None:
+        pass
+
+
+def run(model, tokenizer, ids: torch.Tensor, name: str, new_tokens: int) -> tuple[float, float, str]:
+    streamer = FirstToken()
+    schedule = None if name == "baseline" else lazyllm.LazyConfig.preset(name, model.config.num_hidden_layers)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        if schedule is None:
+            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, streamer=streamer)
+        else:
+            with lazyllm.patched(model, schedule):
+                out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, streamer=streamer)
+    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return streamer.at - start, streamer.cpu_at - cpu_start, answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument("--task", default="niah_single")
+    parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    parser.add_argument("--new-tokens", type=int, default=12)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, tokenizer = load_model("gemma3", dtype=torch.float32)
+    with open(args.out, "a") as out:
+        for length in args.lengths:
+            for index, sample in enumerate(build_samples(args.task, tokenizer, length, depths=args.depths)):
+                text = sample.prompt + (sample.answer_prefix or "")  # completion style: no chat template
+                ids = tokenizer(text, return_tensors="pt").input_ids
+                baseline_answer = None
+                for name in CONFIGS:
+                    ttft, cpu, answer = run(model, tokenizer, ids, name, args.new_tokens)
+                    baseline_answer = answer if name == "baseline" else baseline_answer
+                    record = dict(
+                        model="gemma3-270m",
+                        task=args.task,
+                        length=length,
+                        prompt_tokens=ids.shape[1],
+                        sample=index,
+                        config=name,
+                        ttft_s=round(ttft, 3),
+                        cpu_s=round(cpu, 3),
+                        answer=answer,
+                        score=score(answer, sample),
+                        same_as_baseline=answer == baseline_answer,
+                        threads=torch.get_num_threads(),
+                    )
+                    print(json.dumps(record), flush=True)
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
+
+
+if __name__ == "__main__":
+    main()
