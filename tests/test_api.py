@@ -9,6 +9,7 @@ from kv_checks import check_kv, checked_generate, pruned_stats, recording
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 import lazyllm
+import lazyllm.forward
 
 SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=64)
 
@@ -197,8 +198,11 @@ def test_stats_of_an_unpatched_model_is_an_error():
         lazyllm.stats(tiny_llama("gqa"))
 
 
-def test_static_pruning_keeps_the_prefill_selection_in_decoding():
-    """revive=False (the benchmark's static rival): a cut layer never takes a token back, and parks nothing."""
+def test_static_pruning_keeps_the_prefill_selection_in_decoding(monkeypatch):
+    """revive=False (the benchmark's static rival): a cut layer never takes a token back, parks nothing, and
+    decoding attends every token a layer holds (nothing is scored after the prefill)."""
+    scored, score = [], lazyllm.forward.attention_scores
+    monkeypatch.setattr(lazyllm.forward, "attention_scores", lambda *args: scored.append(1) or score(*args))
     ids = random_ids(240, batch=2)
     mask = torch.ones_like(ids)
     mask[1, :40] = 0
@@ -214,6 +218,7 @@ def test_static_pruning_keeps_the_prefill_selection_in_decoding():
         assert torch.equal(state.positions[layer][:, -9:], state.positions[0][:, -9:])
         assert torch.equal(state.positions[layer], state.positions[1])
     assert static.revived_tokens == 0 and static.aux_cache_tokens == 0
+    assert len(scored) == 1, "only the prefill's cut scores tokens"
 
 
 def kept_by(model, ids, **options):
