@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_ids
+from conftest import missing, random_ids
 from transformers import (
     DynamicCache,
     Gemma3ForCausalLM,
@@ -259,7 +259,7 @@ def gemma3():
     try:
         return load_model("gemma3", dtype=torch.float32)
     except ModelNotFoundError as error:
-        pytest.skip(f"the packaged Gemma 3 270M is not installed: {error}")
+        missing(f"the packaged Gemma 3 270M is not installed: {error}")
 
 
 @pytest.mark.real_model
