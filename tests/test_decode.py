@@ -193,3 +193,16 @@ def test_slots_append_in_place_take_and_compact():
 def test_bad_decoding_options_are_refused(option):
     with pytest.raises(lazyllm.ConfigError):
         lazyllm.LazyConfig(**SCHEDULE, **option)
+
+
+def test_the_decode_bench_times_every_step_and_splits_a_step_into_ranges():
+    from lazyllm.bench.decode import breakdown, timed_generation
+
+    model = tiny_llama("gqa")
+    inputs = {"input_ids": random_ids(200), "attention_mask": torch.ones(1, 200, dtype=torch.long)}
+    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(2,), keep_ratios=(0.3,), min_prompt_tokens=0))
+    run = timed_generation(model, inputs, new_tokens=6, device="cpu")
+    assert len(run.step_ms) == 5 and run.stats["pruned"] and run.stats["decode_steps"] == 5
+    assert run.ttft_s <= run.whole_s(6) <= run.total_s
+    ranges = breakdown(model, inputs, new_tokens=6, device="cpu")
+    assert {"layers", "scoring", "mask", "bookkeeping"} <= set(ranges)

@@ -35,7 +35,7 @@ import lazyllm
 import lazyllm.models
 from lazyllm.bench.frontier import machine
 from lazyllm.bench.tasks import build_samples, chat_prompt
-from lazyllm.bench.timing import synchronize
+from lazyllm.bench.timing import StepClock, synchronize
 from lazyllm.spans import recording
 
 BASELINE = "baseline"
@@ -50,19 +50,6 @@ POLICIES: dict[str, dict[str, Any]] = {
 }
 EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
 ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)
-
-
-class StepClock:
-    """A logits processor that stamps the clock at every generation step (step 0 comes right after prefill)."""
-
-    def __init__(self, device: str | torch.device) -> None:
-        self.device = device
-        self.stamps: list[float] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        synchronize(self.device)
-        self.stamps.append(time.perf_counter())
-        return scores
 
 
 @dataclasses.dataclass

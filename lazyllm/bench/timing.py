@@ -75,7 +75,7 @@ def ratio_summary(numerators: Sequence[float], denominators: Sequence[float]) ->
 # ----------------------------------------------------------------------------------------------------------------
 # TTFT and decode speed from one generate() call
 # ----------------------------------------------------------------------------------------------------------------
-class _StepClock(LogitsProcessor):
+class StepClock(LogitsProcessor):
     """Stamps the clock each time generate() asks for the next token's scores: first right after the prefill, then
     after each decoding step."""
 
@@ -118,7 +118,7 @@ def timed_generate(
         force_length: also pass `min_new_tokens=max_new_tokens`, so that every call decodes the same number of
             steps (for decode ms/token); otherwise generation stops at end-of-sequence as usual.
     """
-    clock = _StepClock(device)
+    clock = StepClock(device)
     processors = LogitsProcessorList([clock, *generate_kwargs.pop("logits_processor", [])])
     if force_length:
         generate_kwargs["min_new_tokens"] = max_new_tokens
