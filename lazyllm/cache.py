@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
+from lazyllm.families import attention_windows
 from lazyllm.selection import gather_rows, pack
 from lazyllm.stats import LazyStats
 
@@ -21,10 +22,18 @@ class UnsupportedCacheError(TypeError):
     """The cache given to a patched model is not one lazyllm can prune; the message says what to use."""
 
 
-def check_cache(cache: Cache | None) -> None:
-    """Raise unless `cache` is None or a plain, non-offloading `DynamicCache` (full or sliding-window layers)."""
+def check_cache(cache: Cache | None, model_config: object) -> None:
+    """Raise unless `cache` is None or a plain, non-offloading `DynamicCache` whose sliding-window layers (if any)
+    belong to sliding-window attention layers of the model (`model_config`)."""
     if cache is None:
         return
+    windows = attention_windows(model_config)
+    wrong = [i for i, layer in enumerate(cache.layers) if type(layer) is DynamicSlidingWindowLayer and not windows[i]]
+    if wrong:
+        raise UnsupportedCacheError(
+            f"the cache has sliding-window layers at {wrong[:4]}, where the model attends fully: pass a cache made "
+            "for this model (DynamicCache(config=model.config)) or none."
+        )
     layer_types = (DynamicLayer, DynamicSlidingWindowLayer)
     plain = type(cache) is DynamicCache and all(type(layer) in layer_types for layer in cache.layers)
     if not plain or getattr(cache, "offloading", False):

@@ -85,7 +85,7 @@ def lazy_forward(
     """
     cache = cache_argument(kwargs)
     check_attention_backend(base)
-    check_cache(cache)
+    check_cache(cache, base.config)
     state = runtime.states.get(cache) if cache is not None else None
     call = dict(
         input_ids=input_ids,

@@ -185,7 +185,7 @@ def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
             + "; ".join(problems)
             + ". Or run it with lazyllm.unpatch(model)."
         )
-    check_cache(kwargs.get("cache", kwargs.get("past_key_values")))
+    check_cache(kwargs.get("cache", kwargs.get("past_key_values")), model.config)
     check_attention_backend(model)
 
 
