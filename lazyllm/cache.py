@@ -27,13 +27,15 @@ def check_cache(cache: Cache | None, model_config: object) -> None:
     belong to sliding-window attention layers of the model (`model_config`)."""
     if cache is None:
         return
-    windows = attention_windows(model_config)
-    wrong = [i for i, layer in enumerate(cache.layers) if type(layer) is DynamicSlidingWindowLayer and not windows[i]]
-    if wrong:
-        raise UnsupportedCacheError(
-            f"the cache has sliding-window layers at {wrong[:4]}, where the model attends fully: pass a cache made "
-            "for this model (DynamicCache(config=model.config)) or none."
-        )
+    sliding = [i for i, layer in enumerate(cache.layers) if type(layer) is DynamicSlidingWindowLayer]
+    if sliding:  # the model's config is read only for such a cache: most calls skip it
+        windows = attention_windows(model_config)
+        wrong = [i for i in sliding if not windows[i]]
+        if wrong:
+            raise UnsupportedCacheError(
+                f"the cache has sliding-window layers at {wrong[:4]}, where the model attends fully: pass a cache "
+                "made for this model (DynamicCache(config=model.config)) or none."
+            )
     layer_types = (DynamicLayer, DynamicSlidingWindowLayer)
     plain = type(cache) is DynamicCache and all(type(layer) in layer_types for layer in cache.layers)
     if not plain or getattr(cache, "offloading", False):

@@ -30,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from lazyllm.cache import LazyState, check_cache, with_full_layers
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
-from lazyllm.families import FamilyAdapter, attention_windows, check_attention_backend
+from lazyllm.families import FamilyAdapter, check_attention_backend
 from lazyllm.scoring import attention_scores, pool_neighbours, random_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
 from lazyllm.spans import span
@@ -230,7 +230,6 @@ def run_layers(
     chosen: torch.Tensor | None = None  # (B, width): tokens the current layer may attend; None = all
     revived: list[torch.Tensor] = []
     computed: list[torch.Tensor] = []  # tokens computed per layer
-    windows = attention_windows(base.config)  # per layer: its sliding window, None for full attention
     # The layers of a segment (up to the next cut) compute the same tokens and hold the same entries: they share
     # the RoPE of the tokens, one mask per attention window, and the count of tokens computed.
     embeddings = PositionEmbeddings(runtime.adapter, base, tokens)
@@ -246,7 +245,7 @@ def run_layers(
                 revived.append(revived_here)
                 embeddings, masks = PositionEmbeddings(runtime.adapter, base, tokens), {}
                 count = (tokens.positions >= 0).sum()
-            window = windows[index]
+            window = runtime.windows[index]
             if window not in masks:
                 with span("mask"):
                     before = state.entries(index)
@@ -340,7 +339,8 @@ def select(
     chosen |= to_table(attended & ~is_prompt, entries, width, False)  # generated tokens are never pruned
     revive = chosen
     if config.revival == "beat_weakest" and not prefill:
-        held = to_table(state.entries(index).to(device) >= 0, state.entries(index).to(device), width, False)
+        own = state.entries(index).to(device)  # (B, T'): the tokens this layer holds
+        held = to_table(own >= 0, own, width, False)
         weakest = table.masked_fill(~(chosen & held & candidates), float("inf")).amin(dim=1, keepdim=True)  # (B, 1)
         revive = chosen & ((table > weakest) | held)
     return chosen, revive

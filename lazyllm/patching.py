@@ -24,7 +24,7 @@ from transformers.cache_utils import Cache
 
 from lazyllm.cache import LazyState, check_cache
 from lazyllm.config import ConfigError, LazyConfig
-from lazyllm.families import FamilyAdapter, adapter_for, check_attention_backend
+from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, check_attention_backend
 from lazyllm.forward import lazy_forward, prompt_lengths
 from lazyllm.stats import LazyStats
 
@@ -41,6 +41,7 @@ class LazyRuntime:
     def __init__(self, adapter: FamilyAdapter, config: LazyConfig) -> None:
         self.adapter = adapter
         self.config = config
+        self.windows: list[int | None] = []  # per decoder layer: its sliding window, None for full attention
         self.states: weakref.WeakKeyDictionary[Cache, LazyState] = weakref.WeakKeyDictionary()
         self.stats = LazyStats()
         self.last_state: LazyState | None = None  # kept until generate() ends, for its self-check
@@ -53,6 +54,7 @@ class LazyRuntime:
     # -- install / uninstall -------------------------------------------------------------------------------
     def install(self, model: nn.Module) -> None:
         base = model.model
+        self.windows = attention_windows(model.config)
         original_base = self._forward_of(base)
         self._replace(base, _forward_attribute(base), functools.partial(lazy_forward, self, base, original_base))
         self._replace(model, _forward_attribute(model), self._causal_forward(self._forward_of(model)))
