@@ -33,7 +33,7 @@ from transformers import LogitsProcessorList
 
 import lazyllm
 import lazyllm.models
-from lazyllm.bench.frontier import machine
+from lazyllm.bench.machine import machine_info
 from lazyllm.bench.tasks import build_samples, chat_prompt
 from lazyllm.bench.timing import StepClock, synchronize
 from lazyllm.spans import recording
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         prompt_tokens=int(inputs["input_ids"].shape[1]),
         new_tokens=args.new_tokens,
-        machine=machine(),
+        machine=machine_info(args.device),
         command=" ".join(["python -m lazyllm.bench.decode", *(argv if argv is not None else sys.argv[1:])]),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

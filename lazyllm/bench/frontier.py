@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +25,9 @@ import torch
 
 import lazyllm
 import lazyllm.models
+from lazyllm.bench.machine import machine_info
 from lazyllm.bench.tasks import TASKS, Sample, build_samples, chat_prompt, score
+from lazyllm.bench.timing import StepClock
 from lazyllm.fidelity import answers_agree, token_f1
 
 # Token scores compared on the frontier, by label (LazyConfig fields). "paper" is the paper's last-token score.
@@ -91,19 +91,14 @@ def prompts(tokenizer: Any, tasks: Sequence[str], length: int, n: int, seed: int
 def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> dict[str, Any]:
     """The whole greedy answer to `text`, its prefill time and (patched models) its prefill token fraction."""
     inputs = tokenizer(text, return_tensors="pt")
-    clock: dict[str, float] = {}
-
-    def first_token(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        clock.setdefault("first", time.perf_counter())
-        return scores
-
+    clock = StepClock(model.device)
     start = time.perf_counter()
     with torch.inference_mode():
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            logits_processor=[first_token],
+            logits_processor=[clock],
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
         )
     new = output[0, inputs.input_ids.shape[1] :]
@@ -113,24 +108,8 @@ def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> dict[s
     return {
         "answer": tokenizer.decode(new, skip_special_tokens=True),
         "prompt_tokens": int(inputs.input_ids.shape[1]),
-        "ttft_s": round(clock.get("first", time.perf_counter()) - start, 4),
+        "ttft_s": round(clock.stamps[0] - start, 4),
         "prefill_token_fraction": round(stats.prefill_token_fraction, 4) if stats else 1.0,
-    }
-
-
-def machine() -> dict[str, Any]:
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "lazyllm": lazyllm.__version__,
-        },
     }
 
 
@@ -253,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model,
         split=args.split,
         seed=seed,
-        machine=machine(),
+        machine=machine_info(str(model.device)),
         command=" ".join(["lazyllm bench frontier", *(argv if argv is not None else sys.argv[1:])]),
     )
     start = time.perf_counter()
