@@ -5,11 +5,12 @@
     lazyllm.patch(model, config)
     config.save("my-model.lazyllm.json", model)
 
-The unpruned model's greedy answers to the prompts are the reference. Candidates are schedules of two cuts (a share
-of the prompt kept from a depth on, and a smaller share from halfway to the last layer) with the library's token
-score (or the one of `scoring`), ordered by prefill token fraction. A coarse ladder is searched by bisection (the cheaper a schedule, the fewer
-answers it keeps), then the neighbours of the best one; a candidate stops on the prompt where it can no longer reach
-the target. The finalist's TTFT is measured against the unpruned model, side by side.
+The unpruned model's greedy answers to the prompts are the reference. Candidates are schedules of one cut (a share of
+the prompt kept from a depth on, the default's shape) or two (a smaller share from halfway to the last layer) with
+the library's token score (or the one of `scoring`), ordered by prefill token fraction. A coarse ladder is searched
+by bisection (the cheaper a schedule, the fewer answers it keeps), then the cheaper neighbours of the best one; a
+candidate stops on the prompt where it can no longer reach the target. The finalist's TTFT is measured against the
+unpruned model, side by side.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from lazyllm.patching import patched, stats
 
 COARSE_DEPTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # where the first cut may go (share of depth)
 FINE_STEP = 0.05
-KEEPS = ((0.5, 0.25), (0.6, 0.3), (0.4, 0.2))  # (first cut, second cut) shares of the prompt; the first is coarse
+# Shares of the prompt kept at each cut: one cut (the default's shape) or two (the second halfway to the last layer).
+COARSE_KEEPS = ((0.5,), (0.5, 0.25))
+FINE_KEEPS = (*COARSE_KEEPS, (0.6, 0.3), (0.4, 0.2))
 TIMING_ROUNDS = 3
 Prompt = str | Sequence[dict[str, str]] | Sequence[int] | torch.Tensor
 
@@ -177,13 +180,17 @@ def trial_record(trial: Trial) -> dict[str, Any]:
     }
 
 
-def ladder(num_layers: int, keeps: tuple[float, float], depths: Sequence[float], **options: Any) -> list[LazyConfig]:
-    """Two-cut schedules from each depth, ordered from the cheapest prefill to the dearest."""
+def ladder(
+    num_layers: int, keeps: Sequence[tuple[float, ...]], depths: Sequence[float], **options: Any
+) -> list[LazyConfig]:
+    """Schedules cutting first at each depth with each tuple of shares (a second cut halfway to the last layer),
+    ordered from the cheapest prefill to the dearest."""
     configs = {}
-    for depth in depths:
-        cuts = [(depth, keeps[0]), (depth + (1 - depth) / 2, keeps[1])]
-        config = LazyConfig.place(cuts, num_layers, **options)
-        configs[config.describe()] = config
+    for shares in keeps:
+        for depth in depths:
+            cuts = [(depth, shares[0]), *((depth + (1 - depth) / 2, share) for share in shares[1:])]
+            config = LazyConfig.place(cuts, num_layers, **options)
+            configs[config.describe()] = config
     return sorted(configs.values(), key=lambda c: fraction_of(c, num_layers))
 
 
@@ -219,14 +226,16 @@ class Search:
         self.references = [self.answer(x, None) for x in ids]
 
     def run(self) -> Trial | None:
-        coarse = ladder(self.num_layers, KEEPS[0], COARSE_DEPTHS, **self.options)
+        coarse = ladder(self.num_layers, COARSE_KEEPS, COARSE_DEPTHS, **self.options)
         best = self.search(coarse)
         if best is None:
             return None
         depth = best.config.prune_layers[0] / self.num_layers
         near = [depth - FINE_STEP, depth, depth + FINE_STEP]
-        fine = [c for keeps in KEEPS for c in ladder(self.num_layers, keeps, near, **self.options)]
-        return self.search(sorted(fine, key=lambda c: fraction_of(c, self.num_layers)), best)
+        fine = ladder(self.num_layers, FINE_KEEPS, near, **self.options)
+        if self.target == "fidelity":  # only a cheaper schedule can beat one that passes
+            fine = [c for c in fine if fraction_of(c, self.num_layers) < best.fraction]
+        return self.search(fine, best)
 
     def search(self, candidates: list[LazyConfig], best: Trial | None = None) -> Trial | None:
         """Fidelity: the cheapest passing candidate by bisection. Speed: the most faithful one fast enough."""

@@ -253,3 +253,12 @@ def test_a_saved_config_is_measured_beside_the_presets(tmp_path: Path) -> None:
     (run,) = rig_records.runs(rig_records.read([tmp_path / "smoke.jsonl"]))
     timed = {record["schedule"] for record in run.speed}
     assert "config" in timed and run.header["schedules"]["config"]["config"] == "1:0.4"
+
+
+def test_lengths_replace_the_profiles_own(tmp_path: Path) -> None:
+    argv = ["--profile", "smoke", "--out", str(tmp_path), "--no-kvpress", "--skip-accuracy", "--lengths", "384"]
+    assert main(argv) == 0
+    (run,) = rig_records.runs(rig_records.read([tmp_path / "smoke.jsonl"]))
+    assert {record["length"] for record in run.speed} == {384}
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--lengths", "8"])

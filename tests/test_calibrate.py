@@ -47,6 +47,10 @@ def test_the_cheapest_faithful_schedule_is_found_and_failures_stop_early(monkeyp
     assert fraction_of(config, 32) == min(t["fraction"] for t in passing) >= 0.6
     assert all(t["answered"] == 2 and t["stopped_early"] for t in tried if t["fraction"] < 0.6), "1 miss allowed of 10"
     assert len(calls) < 10 * (1 + len(tried)), "early stops save answers"
+    coarse = {c.describe(): fraction_of(c, 32) for c in ladder(32, calibration.COARSE_KEEPS, calibration.COARSE_DEPTHS)}
+    coarse_best = min(f for f in coarse.values() if f >= 0.6)
+    fine = [t for t in tried if t["schedule"] not in coarse]
+    assert fine and all(t["fraction"] < coarse_best for t in fine), "neighbours dearer than a pass are not tried"
     assert config.report["ttft_ratio"] > 0 and "agreement" in config.summary()
 
 
@@ -123,9 +127,10 @@ def test_prompts_as_text_chat_and_ids():
 
 
 def test_ladder_is_ordered_by_prefill_cost():
-    configs = ladder(30, (0.5, 0.25), (0.2, 0.5, 0.8))
+    configs = ladder(30, [(0.5,), (0.5, 0.25)], (0.2, 0.5, 0.8))
     fractions = [fraction_of(c, 30) for c in configs]
-    assert fractions == sorted(fractions) and len(set(fractions)) == 3
+    assert fractions == sorted(fractions) and len(set(fractions)) == 6
+    assert "24:0.5" in [c.describe() for c in configs], "the default's one-cut shape is a candidate"
     assert fraction_of(lazyllm.LazyConfig(prune_layers=(15,), keep_ratios=(0.5,)), 30) == 0.75
 
 

@@ -48,6 +48,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="quick",
         help="smoke: tiny random model, < 60 s (tests); quick: SmolLM2, < 10 min on 2 cores; full: well under 1 h",
     )
+    parser.add_argument(
+        "--model",
+        choices=("smollm2", "gemma3"),
+        default="smollm2",
+        help="the real model the quick and full profiles run (gemma3: the base model answers completion-style "
+        "prompts; kvpress runs with smollm2 only)",
+    )
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="TOKENS",
+        help="prompt lengths of the speed and accuracy sections instead of the profile's (e.g. 4096 8192 16384 "
+        "with --model gemma3)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
     parser.add_argument("--out", default="benchmarks/results", help="output directory")
     parser.add_argument("--no-kvpress", action="store_true", help="skip the kvpress comparison (and its virtualenv)")
@@ -84,6 +100,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
         parser.error(f"--threads must be a positive number or 'auto', not {args.threads!r}")
+    if args.lengths and min(args.lengths) < 64:
+        parser.error(f"--lengths must be prompt lengths of at least 64 tokens, not {args.lengths}")
     if args.budget_min is not None and args.budget_min < 0:
         parser.error("--budget-min must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():

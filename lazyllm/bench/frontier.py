@@ -46,6 +46,11 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "window64+pool7": dict(score_window=64, score_pool=7),
     "window32+pool3": dict(score_window=32, score_pool=3),
     "window32+pool11": dict(score_window=32, score_pool=11),
+    # Decoding policies (README, "Rule for the default decoding policy"), with the paper's score.
+    "paper+beat_weakest": dict(revival="beat_weakest"),
+    "paper+every8": dict(reselect_every=8),
+    "paper+held": dict(decode_attend="held"),
+    "paper+static": dict(revive=False),
 }
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
@@ -77,6 +82,12 @@ def candidate(scoring: str, schedule: str, num_layers: int) -> Candidate:
         cuts = [tuple(float(x) for x in item.split(":")) for item in schedule.split(",")]
         config = lazyllm.LazyConfig.place(cuts, num_layers, **options)
     return Candidate(scoring, schedule, config)
+
+
+def saved_candidate(path: Path, model: Any) -> Candidate:
+    """A config saved by `LazyConfig.save` / `lazyllm calibrate --out`, named after its file, pruning at every length."""
+    config = dataclasses.replace(lazyllm.LazyConfig.load(path, model), min_prompt_tokens=0)
+    return Candidate(path.stem, config.describe(), config)
 
 
 def prompts(tokenizer: Any, tasks: Sequence[str], length: int, n: int, seed: int) -> Iterator[tuple[int, Sample]]:
@@ -209,6 +220,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=["default", "balanced", "aggressive"],
         help="preset names or 'fraction:keep,...' (cut positions as shares of the depth)",
     )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="saved configs (`lazyllm calibrate --out`) to measure too, each named after its file",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="2k prompts, 2 per task, 2 candidates: a few minutes")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.jsonl"))
@@ -225,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer = lazyllm.models.load_model(args.model, dtype=torch.float32)
     num_layers = model.config.num_hidden_layers
     candidates = [candidate(s, q, num_layers) for q in args.schedules for s in args.scorings]
+    candidates += [saved_candidate(path, model) for path in args.configs]
     records = Records(args.out)
     seed = SPLIT_SEEDS[args.split]
     where = dict(

@@ -16,19 +16,24 @@ from lazyllm.bench.profiles import Profile
 from lazyllm.bench.tasks import TASKS, Sample, build_samples, chat_prompt
 
 _TINY_WORDS = 480
-SMOLLM2_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32)"
+MODEL_NAMES = {
+    "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32)",
+    "gemma3": "Gemma 3 270M base (GGUF Q4_K_M dequantised to fp32; completion-style prompts)",
+}
 TINY_NAME = "tiny random LlamaForCausalLM (smoke)"
 
 
-def load(profile: Profile, device: str) -> tuple[torch.nn.Module, Any, str, Path | None]:
-    """(model, tokenizer, model name, model directory for kvpress or None) of the profile."""
+def load(profile: Profile, device: str, model_name: str = "smollm2") -> tuple[torch.nn.Module, Any, str, Path | None]:
+    """(model, tokenizer, model name, model directory for kvpress or None) of the profile; `model_name` is one of
+    `MODEL_NAMES` (the smoke profile always runs its tiny model)."""
     if profile.tiny:
         model, tokenizer = tiny_model_and_tokenizer(device)
         return model, tokenizer, TINY_NAME, None
-    from lazyllm.models import SMOLLM2_CACHE_NAME, default_cache_dir, load_smollm2
+    from lazyllm.models import SMOLLM2_CACHE_NAME, default_cache_dir, load_model
 
-    model, tokenizer = load_smollm2(device=device)
-    return model, tokenizer, SMOLLM2_NAME, default_cache_dir() / SMOLLM2_CACHE_NAME
+    model, tokenizer = load_model(model_name, device_map=device, dtype=torch.float32)
+    kvpress_dir = default_cache_dir() / SMOLLM2_CACHE_NAME if model_name == "smollm2" else None
+    return model, tokenizer, MODEL_NAMES[model_name], kvpress_dir
 
 
 def tiny_model_and_tokenizer(device: str) -> tuple[torch.nn.Module, Any]:

@@ -42,6 +42,20 @@ def set_threads(profile: Profile, threads: str) -> dict[str, float]:
     return {}
 
 
+def with_lengths(profile: Profile, lengths: list[int] | None) -> Profile:
+    """The profile measuring at `lengths` (speed and accuracy sections) instead of its own, when given."""
+    if not lengths:
+        return profile
+    lengths = tuple(sorted(set(lengths)))
+    return replace(
+        profile,
+        timing_lengths=lengths,
+        accuracy_lengths=lengths,
+        kvpress_lengths=tuple(x for x in profile.kvpress_lengths if x in lengths),
+        accuracy_overrides={k: v for k, v in profile.accuracy_overrides.items() if k in lengths},
+    )
+
+
 def header(args: argparse.Namespace, profile: Profile, model: Any, name: str, probe: dict, configs: Configs) -> dict:
     """The run's first record: profile, command, seed, machine and versions, model and the schedules it runs."""
     layers = model.config.num_hidden_layers
@@ -78,6 +92,8 @@ def skip_kvpress(args: argparse.Namespace, profile: Profile, records: list[dict[
         return "--no-kvpress"
     if profile.tiny:
         return "the smoke profile has no real model to give kvpress"
+    if args.model != "smollm2":
+        return f"kvpress is run with smollm2 only, not {args.model}"
     if not records:
         return "no accuracy samples (--skip-accuracy)"
     return None
@@ -86,9 +102,9 @@ def skip_kvpress(args: argparse.Namespace, profile: Profile, records: list[dict[
 def measure(args: argparse.Namespace) -> Path:
     """Run the profile of `args`, appending every record to `<out>/<profile>.jsonl`; returns that file."""
     started = time.perf_counter()
-    profile = PROFILES[args.profile]
+    profile = with_lengths(PROFILES[args.profile], args.lengths)
     probe = set_threads(profile, args.threads)
-    model, tokenizer, name, model_dir = load(profile, args.device)
+    model, tokenizer, name, model_dir = load(profile, args.device, args.model)
     layers = model.config.num_hidden_layers
     configs = build_configs(layers)
     if args.config:  # a saved config (e.g. from `lazyllm calibrate`) is measured beside the presets, as "config"

@@ -1,0 +1,49 @@
+"""The frontier runner on a tiny model: candidates by name or saved file, one record each, resumable."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import lazyllm
+from lazyllm.bench import frontier
+from lazyllm.bench.prompts import fake_samples, tiny_model_and_tokenizer
+from lazyllm.config import ConfigError
+
+WHERE = dict(kind="fidelity", model="tiny", split="select", seed=1, sample=0)
+
+
+def test_each_candidate_answers_once_against_the_baseline_and_a_rerun_adds_nothing(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer("cpu")
+    sample = fake_samples([256], [0.5], seed=0)[0]
+    layers = model.config.num_hidden_layers
+    candidates = [frontier.candidate("paper", "aggressive", layers), frontier.candidate("pool7", "0.5:0.5", layers)]
+    path = tmp_path / "frontier.jsonl"
+
+    assert frontier.run_prompt(model, tokenizer, sample, WHERE, candidates, frontier.Records(path)) == 3
+    assert frontier.run_prompt(model, tokenizer, sample, WHERE, candidates, frontier.Records(path)) == 0
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["baseline", "paper@aggressive", "pool7@0.5:0.5"]
+    assert all(r["reference"] == rows[0]["answer"] for r in rows)
+    assert all(r["agree"] == (r["answer"] == rows[0]["answer"]) for r in rows)
+    assert rows[0]["prefill_token_fraction"] == 1.0 > rows[1]["prefill_token_fraction"] > 0
+    assert not lazyllm.is_patched(model), "each candidate is unpatched after its answer"
+
+
+def test_a_saved_config_is_a_candidate_named_after_its_file_and_prunes_at_every_length(tmp_path):
+    model, _ = tiny_model_and_tokenizer("cpu")
+    lazyllm.LazyConfig.preset("balanced", 8, score_window=8).save(tmp_path / "mine.json", model)
+    found = frontier.saved_candidate(tmp_path / "mine.json", model)
+    assert found.name == f"mine@{found.config.describe()}"
+    assert found.config.min_prompt_tokens == 0 and found.config.score_window == 8
+
+    deeper = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=12, name_or_path="deeper"))
+    lazyllm.LazyConfig.preset("balanced", 12).save(tmp_path / "deeper.json", deeper)
+    with pytest.raises(ConfigError, match="layers"):
+        frontier.saved_candidate(tmp_path / "deeper.json", model)
+
+
+def test_an_unknown_token_score_is_refused():
+    with pytest.raises(SystemExit, match="unknown scoring"):
+        frontier.candidate("nope", "default", 8)
