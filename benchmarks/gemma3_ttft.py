@@ -5,18 +5,22 @@ all alike); TTFT is the time from the call to the first generated token, and `cp
 then (on a shared host it tracks the work done better than the wall clock). One JSON line per run.
 
     python benchmarks/gemma3_ttft.py --lengths 4096 8192 --out benchmarks/results/gemma3-ttft.jsonl
+    python benchmarks/gemma3_ttft.py --render benchmarks/results/gemma3-ttft.jsonl   # the markdown table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from collections import defaultdict
 
 import torch
 
 import lazyllm
 from lazyllm.bench.tasks import build_samples, score
+from lazyllm.fidelity import wilson_interval
 from lazyllm.models import load_model
 
 CONFIGS = ("baseline", "default", "balanced", "aggressive")
@@ -51,14 +55,52 @@ def run(model, tokenizer, ids: torch.Tensor, name: str, new_tokens: int) -> tupl
     return streamer.at - start, streamer.cpu_at - cpu_start, answer
 
 
+def render(path: str) -> str:
+    """Markdown table: per length and config, TTFT median [min-max], the median of the ratios to the baseline on the
+    same prompt (and of CPU time), agreement with the baseline's whole answer [Wilson 95%] and accuracy."""
+    records = [json.loads(line) for line in open(path) if line.strip()]
+    runs = defaultdict(dict)  # (length, config) -> sample -> record
+    for record in records:
+        runs[record["length"], record["config"]][record["sample"]] = record
+    lines = [
+        "| prompt tokens | config | n | TTFT s median [min-max] | speedup (median of paired ratios) | CPU-time ratio "
+        "| agreement [95% CI] | accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for length in sorted({length for length, _ in runs}):
+        base = runs[length, "baseline"]
+        for name in CONFIGS:
+            mine = {s: r for s, r in runs.get((length, name), {}).items() if s in base}
+            if not mine:
+                continue
+            ttft = [r["ttft_s"] for r in mine.values()]
+            ratio = statistics.median(base[s]["ttft_s"] / r["ttft_s"] for s, r in mine.items())
+            cpu = statistics.median(base[s]["cpu_s"] / r["cpu_s"] for s, r in mine.items())
+            agreed = sum(r["same_as_baseline"] for r in mine.values())
+            low, high = wilson_interval(agreed, len(mine))
+            accuracy = statistics.mean(r["score"] for r in mine.values())
+            tokens = statistics.median(r["prompt_tokens"] for r in mine.values())
+            lines.append(
+                f"| {tokens:.0f} | {name} | {len(mine)} | {statistics.median(ttft):.1f} [{min(ttft):.1f}-{max(ttft):.1f}] "
+                f"| {ratio:.2f}x | {cpu:.2f}x | {agreed}/{len(mine)} [{low:.2f}-{high:.2f}] | {accuracy:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--task", default="niah_single")
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     parser.add_argument("--new-tokens", type=int, default=12)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
+    parser.add_argument("--render", metavar="RESULTS.jsonl", help="print the table of earlier records, measure nothing")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
+    if not args.out:
+        parser.error("--out is required to measure")
     torch.manual_seed(0)
     model, tokenizer = load_model("gemma3", dtype=torch.float32)
     with open(args.out, "a") as out:

@@ -1,4 +1,4 @@
-"""The `lazyllm` command: a side-by-side demo, generation on any local Llama-family model, the benchmark rig, info.
+"""The `lazyllm` command: a side-by-side demo, generation on a local model of a supported family, the rig, info.
 
     lazyllm demo [--length 4000] [--schedule default] [--max-new-tokens 32]
     lazyllm generate --model PATH_OR_NAME --prompt-file FILE [--schedule S | --config FILE] [--max-new-tokens N]
@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="LazyLLM dynamic token pruning for Transformers Llama-family models: a sooner first token on long prompts.",
+        description="LazyLLM dynamic token pruning for Transformers models (Llama, Mistral, Qwen2/3, Gemma 3): "
+        "a sooner first token on long prompts.",
         epilog="Run `lazyllm COMMAND --help` for a command's options. LAZYLLM_DEBUG=1 shows tracebacks.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {lazyllm.__version__}")
@@ -474,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser(
         "generate",
-        help="patch a local Llama-family model, answer a prompt file, print the stats",
+        help="patch a local model (Llama, Mistral, Qwen2/3, Gemma 3), answer a prompt file, print the stats",
         description="Greedy generation with a patched model from local files only: 'smollm2', 'gemma3', a .gguf file, or a "
         "directory written by save_pretrained (with its tokenizer). Supported: Llama, Mistral, Qwen2, Qwen3, Gemma 3.",
     )
