@@ -280,7 +280,9 @@ def test_keep_all_reproduces_gemma3_on_a_long_prompt(gemma3):
         with lazyllm.patched(model, keep_all):
             out = model.generate(ids, **options)
             assert lazyllm.stats(model).pruned
-    assert (out.logits[0] - base.logits[0]).abs().max().item() < 1e-3  # the prefill's next-token logits
+    assert (out.logits[0] - base.logits[0]).abs().max().item() < 1e-5  # the prefill's next-token logits
+    for step, (mine, theirs) in enumerate(zip(out.logits[1:], base.logits[1:])):  # decoding, logits of ~25
+        assert (mine - theirs).abs().max().item() < 1e-6 * theirs.abs().max().item(), f"decoding step {step + 1}"
     assert torch.equal(out.sequences, base.sequences)
 
 
