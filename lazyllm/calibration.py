@@ -9,7 +9,8 @@ The unpruned model's greedy answers to the prompts are the reference. Candidates
 the prompt kept from a depth on, the default's shape) or two (a smaller share from halfway to the last layer) with
 the library's token score (or the one of `scoring`), ordered by prefill token fraction. A coarse ladder is searched
 by bisection (the cheaper a schedule, the fewer answers it keeps), then the cheaper neighbours of the best one; a
-candidate stops on the prompt where it can no longer reach the target. The finalist's TTFT is measured against the
+candidate answers first the prompts earlier candidates missed, and stops on the prompt where it can no longer reach
+the target. The finalist's TTFT is measured against the
 unpruned model, side by side.
 """
 
@@ -222,6 +223,7 @@ class Search:
         self.options = options  # LazyConfig fields every candidate shares
         self.num_layers = model.config.num_hidden_layers
         self.trials: list[Trial] = []
+        self.misses = [0] * len(ids)  # per prompt: how many candidates answered it otherwise than the baseline
         self.bar = tqdm(desc="lazyllm calibrate", unit="answer", disable=not progress, leave=False)
         self.references = [self.answer(x, None) for x in ids]
 
@@ -271,9 +273,10 @@ class Search:
         else:
             allowed = n - math.ceil(self.min_agreement * n - 1e-9)
         agreed = answered = 0
-        for ids, reference in zip(self.ids, self.references):
-            agreed += answers_agree(self.answer(ids, config), reference)
-            answered += 1
+        hardest_first = sorted(range(n), key=lambda i: -self.misses[i])  # a failing candidate fails there soonest
+        for i in hardest_first:
+            same = answers_agree(self.answer(self.ids[i], config), self.references[i])
+            agreed, answered, self.misses[i] = agreed + same, answered + 1, self.misses[i] + (not same)
             if answered - agreed > allowed:
                 break
         trial = Trial(config, agreed, answered, fraction_of(config, self.num_layers), answered < len(self.ids))

@@ -54,6 +54,22 @@ def test_the_cheapest_faithful_schedule_is_found_and_failures_stop_early(monkeyp
     assert config.report["ttft_ratio"] > 0 and "agreement" in config.summary()
 
 
+def test_a_candidate_answers_first_the_prompts_earlier_candidates_missed(monkeypatch):
+    """Cheap schedules miss only the last 3 prompts: after the first failure, the next ones fail on their 2nd answer."""
+    ids = prompts(10)
+    hard = {tuple(x.tolist()) for x in ids[7:]}
+
+    def answer(self, x, config):
+        easy = config is None or fraction_of(config, self.num_layers) >= 0.6 or tuple(x[0].tolist()) not in hard
+        return "reference" if easy else "other"
+
+    monkeypatch.setattr(calibration.Search, "answer", answer)
+    config = lazyllm.calibrate(tiny_llama("xgen"), Tokenizer(), ids, min_prompt_tokens=0, progress=False)
+    failed = [t for t in config.report["trials"] if t["stopped_early"]]
+    assert len(failed) >= 2 and failed[0]["answered"] == 9, "the first failure meets the hard prompts last"
+    assert all(t["answered"] == 2 for t in failed[1:]), "later failures meet them first"
+
+
 def test_speed_target_returns_the_most_faithful_schedule_fast_enough(monkeypatch):
     model = tiny_llama("xgen")
     faithful_above(0.45, monkeypatch)
