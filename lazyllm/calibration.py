@@ -10,8 +10,7 @@ the prompt kept from a depth on, the default's shape) or two (a smaller share fr
 the library's token score (or the one of `scoring`), ordered by prefill token fraction. A coarse ladder is searched
 by bisection (the cheaper a schedule, the fewer answers it keeps), then the cheaper neighbours of the best one; a
 candidate answers first the prompts earlier candidates missed, and stops on the prompt where it can no longer reach
-the target. The finalist's TTFT is measured against the
-unpruned model, side by side.
+the target. The finalist's TTFT is measured against the unpruned model, side by side.
 """
 
 from __future__ import annotations

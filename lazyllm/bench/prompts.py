@@ -31,7 +31,8 @@ def load(profile: Profile, device: str, model_name: str = "smollm2") -> tuple[to
         return model, tokenizer, TINY_NAME, None
     from lazyllm.models import SMOLLM2_CACHE_NAME, default_cache_dir, load_model
 
-    model, tokenizer = load_model(model_name, device_map=device, dtype=torch.float32)
+    model, tokenizer = load_model(model_name, dtype=torch.float32)
+    model.to(device)
     kvpress_dir = default_cache_dir() / SMOLLM2_CACHE_NAME if model_name == "smollm2" else None
     return model, tokenizer, MODEL_NAMES[model_name], kvpress_dir
 
