@@ -106,7 +106,8 @@ def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> dict[s
     start = time.perf_counter()
     with torch.inference_mode():
         output = model.generate(
-            **inputs,
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,  # only these: some tokenizers add token_type_ids, which Llama refuses
             max_new_tokens=max_new_tokens,
             do_sample=False,
             logits_processor=[clock],
