@@ -49,6 +49,7 @@ def with_lengths(profile: Profile, lengths: list[int] | None) -> Profile:
     lengths = tuple(sorted(set(lengths)))
     return replace(
         profile,
+        description=f"the {profile.name} profile's schedules and samples at {', '.join(map(str, lengths))} tokens",
         timing_lengths=lengths,
         accuracy_lengths=lengths,
         kvpress_lengths=tuple(x for x in profile.kvpress_lengths if x in lengths),
