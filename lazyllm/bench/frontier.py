@@ -25,6 +25,7 @@ import torch
 
 import lazyllm
 import lazyllm.models
+from lazyllm.bench.decode import POLICIES
 from lazyllm.bench.machine import machine_info
 from lazyllm.bench.tasks import TASKS, Sample, build_samples, chat_prompt, score
 from lazyllm.bench.timing import StepClock
@@ -46,11 +47,8 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "window64+pool7": dict(score_window=64, score_pool=7),
     "window32+pool3": dict(score_window=32, score_pool=3),
     "window32+pool11": dict(score_window=32, score_pool=11),
-    # Decoding policies (README, "Rule for the default decoding policy"), with the paper's score.
-    "paper+beat_weakest": dict(revival="beat_weakest"),
-    "paper+every8": dict(reselect_every=8),
-    "paper+held": dict(decode_attend="held"),
-    "paper+static": dict(revive=False),
+    # Decoding policies (README, "Rule for the default decoding policy") with the paper's score: "paper+every8", ...
+    **{f"paper+{name}": options for name, options in POLICIES.items() if name != "paper"},
 }
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
