@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import lazyllm
 from lazyllm.bench import frontier
@@ -29,6 +30,20 @@ def test_each_candidate_answers_once_against_the_baseline_and_a_rerun_adds_nothi
     assert all(r["agree"] == (r["answer"] == rows[0]["answer"]) for r in rows)
     assert rows[0]["prefill_token_fraction"] == 1.0 > rows[1]["prefill_token_fraction"] > 0
     assert not lazyllm.is_patched(model), "each candidate is unpatched after its answer"
+
+
+def test_answer_tokens_makes_every_answer_that_long_even_past_end_of_sequence(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer("cpu")
+    sample = fake_samples([256], [0.5], seed=0)[0]
+    ids = tokenizer(frontier.chat_prompt(tokenizer, sample, answer_prefix=True), return_tensors="pt").input_ids
+    with torch.inference_mode():
+        first = model.generate(ids, max_new_tokens=1, do_sample=False)[0, -1].item()
+    model.generation_config.eos_token_id = first  # the baseline would stop after one token
+    candidates = [frontier.candidate("paper", "aggressive", model.config.num_hidden_layers)]
+    path = tmp_path / "frontier.jsonl"
+    frontier.run_prompt(model, tokenizer, sample, WHERE, candidates, frontier.Records(path), answer_tokens=6)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["new_tokens"], r["max_new_tokens"], r["exact"]) for r in rows] == [(6, 6, True)] * 2
 
 
 def test_a_saved_config_is_a_candidate_named_after_its_file_and_prunes_at_every_length(tmp_path):

@@ -53,7 +53,8 @@ SCORINGS: dict[str, dict[str, Any]] = {
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
 DEFAULT_MAX_NEW_TOKENS = 12
-SPLIT_SEEDS = {"report": 0, "select": 1}  # prompts that choose defaults never appear in reported figures
+# Prompts that choose defaults never appear in reported figures; "decode" chooses the decoding policy (README).
+SPLIT_SEEDS = {"report": 0, "select": 1, "decode": 3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +98,9 @@ def prompts(tokenizer: Any, tasks: Sequence[str], length: int, n: int, seed: int
             yield index, per_task[task][index]
 
 
-def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> dict[str, Any]:
-    """The whole greedy answer to `text`, its prefill time and (patched models) its prefill token fraction."""
+def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int, exact: bool = False) -> dict[str, Any]:
+    """The whole greedy answer to `text`, its prefill time and (patched models) its prefill token fraction.
+    `exact`: the answer is `max_new_tokens` long (end-of-sequence suppressed), so every decoding step runs."""
     inputs = tokenizer(text, return_tensors="pt")
     clock = StepClock(model.device)
     start = time.perf_counter()
@@ -107,6 +109,7 @@ def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> dict[s
             input_ids=inputs.input_ids,
             attention_mask=inputs.attention_mask,  # only these: some tokenizers add token_type_ids, which Llama refuses
             max_new_tokens=max_new_tokens,
+            **({"min_new_tokens": max_new_tokens} if exact else {}),
             do_sample=False,
             logits_processor=[clock],
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
@@ -118,6 +121,7 @@ def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> dict[s
     return {
         "answer": tokenizer.decode(new, skip_special_tokens=True),
         "prompt_tokens": int(inputs.input_ids.shape[1]),
+        "new_tokens": int(new.shape[0]),
         "ttft_s": round(clock.stamps[0] - start, 4),
         "prefill_token_fraction": round(stats.prefill_token_fraction, 4) if stats else 1.0,
     }
@@ -148,16 +152,27 @@ class Records:
 
 
 def run_prompt(
-    model: Any, tokenizer: Any, sample: Sample, where: dict[str, Any], candidates: Sequence[Candidate], records: Records
+    model: Any,
+    tokenizer: Any,
+    sample: Sample,
+    where: dict[str, Any],
+    candidates: Sequence[Candidate],
+    records: Records,
+    answer_tokens: int | None = None,
 ) -> int:
-    """The baseline's answer, then each candidate's, to one prompt; returns how many records were added."""
+    """The baseline's answer, then each candidate's, to one prompt; returns how many records were added.
+    `answer_tokens`: every answer exactly this long (else each task's cap, stopping at end-of-sequence)."""
     text = chat_prompt(tokenizer, sample, answer_prefix=True)
-    max_new = MAX_NEW_TOKENS.get(sample.task, DEFAULT_MAX_NEW_TOKENS)
-    where = dict(where, task=sample.task, length=sample.length, max_new_tokens=max_new)
+    max_new = answer_tokens or MAX_NEW_TOKENS.get(sample.task, DEFAULT_MAX_NEW_TOKENS)
+    where = dict(where, task=sample.task, length=sample.length, max_new_tokens=max_new, exact=bool(answer_tokens))
+
+    def respond() -> dict[str, Any]:
+        return answer(model, tokenizer, text, max_new, exact=bool(answer_tokens))
+
     added = 0
     base_key = records.key(dict(where, name="baseline"))
     if base_key not in records.done:
-        result = answer(model, tokenizer, text, max_new)
+        result = respond()
         correct = score(result["answer"], sample)
         records.add(
             dict(
@@ -180,7 +195,7 @@ def run_prompt(
         if records.key(dict(where, name=cand.name)) in records.done:
             continue
         with lazyllm.patched(model, cand.config):
-            result = answer(model, tokenizer, text, max_new)
+            result = respond()
         records.add(
             dict(
                 where,
@@ -207,7 +222,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--split",
         choices=sorted(SPLIT_SEEDS),
         default="report",
-        help="'select': prompts for choosing defaults (seed 1); 'report': held-apart prompts (seed 0)",
+        help="'select': prompts for choosing defaults (seed 1); 'report': held-apart prompts (seed 0); 'decode': "
+        "prompts for choosing the decoding policy (seed 3)",
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -226,6 +242,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="FILE",
         help="saved configs (`lazyllm calibrate --out`) to measure too, each named after its file",
+    )
+    parser.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="every answer exactly N tokens, end-of-sequence suppressed (judges decoding on long generations); "
+        "default: each task's cap (12 tokens, 40 for the list task), stopping at end-of-sequence",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="2k prompts, 2 per task, 2 candidates: a few minutes")
@@ -257,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     for length in args.lengths:
         for index, sample in prompts(tokenizer, args.tasks, length, args.n, seed):
-            added = run_prompt(model, tokenizer, sample, dict(where, sample=index), candidates, records)
+            where_sample = dict(where, sample=index)
+            added = run_prompt(model, tokenizer, sample, where_sample, candidates, records, args.answer_tokens)
             if added:
                 print(
                     f"[{time.perf_counter() - start:7.0f}s] {length} {sample.task} #{index}: {added} records",
