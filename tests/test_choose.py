@@ -2,7 +2,7 @@
 
 import json
 
-from lazyllm.bench.choose import candidates_table, choose, read_records
+from lazyllm.bench.choose import candidates_table, choose, policy_table, read_records
 
 
 def records(name, fraction, agree, correct, baseline_correct=(1, 1, 1, 1, 1, 1, 1, 1, 1, 1), task="niah_single"):
@@ -64,3 +64,18 @@ def test_a_candidate_that_answered_only_some_prompts_cannot_be_chosen():
     table = {row["name"]: row for row in candidates_table(BASELINE + half_run)}
     assert not table["half"]["complete"] and not table["half"]["passes"]
     assert choose(BASELINE + half_run) is None
+
+
+def test_a_decoding_policy_is_judged_prompt_by_prompt_against_the_reference_policy():
+    reference = records("paper", 0.9, (1,) * 8 + (0, 0), ALL)
+    swaps = records("swaps", 0.9, (0, 0) + (1,) * 8, ALL)  # as many answers kept, but two of the reference's lost
+    one_lost = records("one_lost", 0.9, (0,) + (1,) * 7 + (0, 0), ALL)
+    table = {row["name"]: row for row in policy_table(BASELINE + reference + swaps + one_lost, "paper")}
+    assert set(table) == {"swaps", "one_lost"}
+    assert table["swaps"]["lost"] == 2 and not table["swaps"]["eligible"], "paired, not pooled"
+    assert table["one_lost"]["lost"] == 1 and not table["one_lost"]["eligible"], "its F1 is 0.1 below"
+    close = records("close", 0.9, (0,) + (1,) * 8 + (0,), ALL)
+    for record in close[:1]:
+        record["f1"] = 0.95  # the lost answer nearly matches
+    (row,) = policy_table(BASELINE + reference + close, "paper")
+    assert row["lost"] == 1 and row["eligible"]

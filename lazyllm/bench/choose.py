@@ -6,6 +6,12 @@ unpruned model is >= 0.90 and whose pooled accuracy, over the tasks where the ba
 0.02 below the baseline's; equal fractions go to the higher agreement.
 
     python -m lazyllm.bench.choose benchmarks/results/frontier-select.jsonl
+
+With `--against NAME`, the rule for decoding policies (README, "Second rule for the default decoding policy"): a
+candidate is eligible when it loses at most one whole answer that NAME keeps (prompt by prompt) and its mean token F1
+against the unpruned model is at most 0.02 below NAME's.
+
+    python -m lazyllm.bench.choose benchmarks/results/frontier-decode.jsonl --against paper@default
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from lazyllm.fidelity import bootstrap_interval, wilson_interval
 MIN_AGREEMENT = 0.90
 MAX_ACCURACY_DROP = 0.02
 BASELINE_WORKS = 0.20
+MAX_ANSWERS_LOST = 1  # decoding policies, against the reference policy
+MAX_F1_DROP = 0.02
 
 
 def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -93,6 +101,42 @@ def choose(records: Sequence[dict[str, Any]]) -> str | None:
     return passing[0]["name"] if passing else None
 
 
+def policy_table(records: Sequence[dict[str, Any]], against: str) -> list[dict[str, Any]]:
+    """Per candidate other than `against` and the baseline: answers it lost that `against` kept (paired by prompt),
+    its mean F1 against the unpruned model beside `against`'s, and whether it is eligible."""
+    prompt = ("model", "length", "task", "sample")
+    kept = {tuple(r[k] for k in prompt): r["agree"] for r in records if r["name"] == against}
+    reference_f1 = [r["f1"] for r in records if r["name"] == against]
+    if not reference_f1:
+        raise SystemExit(f"no records of {against!r} to judge the others against")
+    rows = []
+    for cell in cells(records, by=("name",)):
+        if cell["name"] in (against, "baseline"):
+            continue
+        mine = [r for r in records if r["name"] == cell["name"]]
+        lost = sum(kept.get(tuple(r[k] for k in prompt), False) and not r["agree"] for r in mine)
+        against_f1 = sum(reference_f1) / len(reference_f1)
+        eligible = (
+            cell["n"] >= len(reference_f1) and lost <= MAX_ANSWERS_LOST and cell["f1"] >= against_f1 - MAX_F1_DROP
+        )
+        rows.append(dict(cell, lost=lost, against_f1=against_f1, eligible=eligible))
+    return rows
+
+
+def render_policies(rows: Sequence[dict[str, Any]], against: str) -> str:
+    lines = [
+        f"| candidate | n | agreement [95% CI] | answers lost that {against} kept | F1 vs baseline ({against}) | eligible |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        low, high = row["agreement_ci"]
+        lines.append(
+            f"| {row['name']} | {row['n']} | {row['agreement']:.2f} [{low:.2f}-{high:.2f}] | {row['lost']} | "
+            f"{row['f1']:.3f} ({row['against_f1']:.3f}) | {'yes' if row['eligible'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def verdict(row: dict[str, Any]) -> str:
     return "yes" if row["passes"] else "no" if row["complete"] else "incomplete"
 
@@ -115,8 +159,12 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lazyllm.bench.choose", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="frontier JSON-lines files")
+    parser.add_argument("--against", metavar="NAME", help="judge decoding policies against this candidate")
     args = parser.parse_args(argv)
     records = read_records(args.results)
+    if args.against:
+        print(render_policies(policy_table(records, args.against), args.against))
+        return 0
     print(render(candidates_table(records)))
     print(f"\nworking tasks (baseline accuracy >= {BASELINE_WORKS}): {', '.join(sorted(working_tasks(records)))}")
     print(f"chosen: {choose(records) or 'none passes: the default stays'}")
