@@ -79,3 +79,21 @@ def test_a_decoding_policy_is_judged_prompt_by_prompt_against_the_reference_poli
         record["f1"] = 0.95  # the lost answer nearly matches
     (row,) = policy_table(BASELINE + reference + close, "paper")
     assert row["lost"] == 1 and row["eligible"]
+
+
+def test_the_report_gives_each_length_task_cell_and_the_policy_verdict(tmp_path):
+    from lazyllm.bench import report
+
+    rows = (
+        BASELINE
+        + records("paper@default", 0.9, ALL, ALL)
+        + records("paper+static@default", 0.9, (0,) * 2 + (1,) * 8, ALL)
+    )
+    for row in rows:
+        row.update(split="decode", seed=3, scoring=row["name"].split("@")[0], schedule="default")
+    path = tmp_path / "decode.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = report.render([path], tmp_path, "decode").read_text()
+    assert "| paper+static@default | 0.80 [0.49-0.94] (10) |" in text, "its cell, with interval and n"
+    assert "Decoding policies against paper@default" in text
+    assert "| paper+static@default | 10 | 0.80 [0.49-0.94] | 2 |" in text

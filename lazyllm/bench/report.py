@@ -298,8 +298,14 @@ def token_score_section(fidelity: Sequence[Record], plot_name: str) -> list[str]
     """The fidelity frontier's records (token scores x schedules): `choose`'s table and choice, and its plot."""
     table_md = choose.render(choose.candidates_table(fidelity))
     working = ", ".join(sorted(choose.working_tasks(fidelity))) or "none"
-    if {r["split"] for r in fidelity} == {"select"}:
+    splits = {r["split"] for r in fidelity}
+    if splits == {"select"}:
         verdict = f"Chosen by the rule: {choose.choose(fidelity) or 'none passes: the default stays'}."
+    elif splits == {"decode"}:  # README, "Second rule for the default decoding policy"
+        reference = "paper@default"
+        verdict = f"Decoding policies against {reference}:\n\n" + choose.render_policies(
+            choose.policy_table(fidelity, reference), reference
+        )
     else:  # the rule reads the selection prompts only; on held-apart prompts "passes" is a check, not a choice
         verdict = "Held-apart prompts: 'passes' checks the rule here; the default is chosen on the selection split."
     return [
@@ -310,7 +316,28 @@ def token_score_section(fidelity: Sequence[Record], plot_name: str) -> list[str]
         table_md,
         "",
         f"Working tasks (baseline accuracy >= {choose.BASELINE_WORKS}): {working}. {verdict}",
+        "",
+        *cells_section(fidelity),
     ]
+
+
+def agreement_cell(cell: Record | None) -> str:
+    if cell is None:
+        return "-"
+    low, high = cell["agreement_ci"]
+    return f"{cell['agreement']:.2f} [{low:.2f}-{high:.2f}] ({cell['n']})"
+
+
+def cells_section(fidelity: Sequence[Record]) -> list[str]:
+    """Whole-answer agreement per (length, task) cell and candidate, with its Wilson 95% interval and n."""
+    by_cell = {(c["length"], c["task"], c["name"]): c for c in choose.cells(fidelity, by=("length", "task", "name"))}
+    tasks = sorted({task for _, task, _ in by_cell})
+    lines = ["### Agreement per (length, task) cell: share of whole answers as the unpruned model's [95% CI] (n)"]
+    for length in sorted({length for length, _, _ in by_cell}):
+        names = sorted({name for at, _, name in by_cell if at == length and name != "baseline"})
+        rows = [[name, *(agreement_cell(by_cell.get((length, task, name))) for task in tasks)] for name in names]
+        lines += ["", f"{length} tokens:", "", *table(["candidate", *tasks], rows)]
+    return lines
 
 
 def render(paths: Sequence[Path], out: Path, name: str) -> Path:
