@@ -62,3 +62,15 @@ def test_a_saved_config_is_a_candidate_named_after_its_file_and_prunes_at_every_
 def test_an_unknown_token_score_is_refused():
     with pytest.raises(SystemExit, match="unknown scoring"):
         frontier.candidate("nope", "default", 8)
+
+
+def test_resuming_records_made_with_another_n_is_refused(tmp_path):
+    """Sample numbers name other prompts (other depths) under another --n."""
+    path = tmp_path / "frontier.jsonl"
+    old = dict(WHERE, task="niah_single", length=2048, name="baseline", max_new_tokens=12, command="x --n 10")
+    path.write_text(json.dumps(old) + "\n")
+    records = frontier.Records(path)
+    frontier.check_same_prompts(records, dict(WHERE, n=10), [2048], 10)
+    frontier.check_same_prompts(records, dict(WHERE, n=24), [4096], 24)  # another length: other prompts anyway
+    with pytest.raises(SystemExit, match="--n 10"):
+        frontier.check_same_prompts(records, dict(WHERE, n=24), [2048], 24)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -125,6 +126,25 @@ def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int, exact: bo
         "ttft_s": round(clock.stamps[0] - start, 4),
         "prefill_token_fraction": round(stats.prefill_token_fraction, 4) if stats else 1.0,
     }
+
+
+def prompts_per_cell(record: dict[str, Any]) -> int | None:
+    """The --n a record was made with (it sets the prompts' depths), from the record or, for older ones, its command."""
+    found = re.search(r"--n (\d+)", record["command"])
+    return record.get("n") or (int(found.group(1)) if found else None)
+
+
+def check_same_prompts(records: Records, where: dict[str, Any], lengths: Sequence[int], n: int) -> None:
+    """Sample i's depth depends on n: records made with another n at these lengths hold other prompts under the
+    same sample numbers, so resuming them with this n would compare answers to different prompts."""
+    for record in records.done.values():
+        same_split = all(record[k] == where[k] for k in ("model", "split", "seed")) and record["length"] in lengths
+        if same_split and prompts_per_cell(record) not in (None, n):
+            raise SystemExit(
+                f"{records.path} holds {record['split']} prompts at {record['length']} tokens made with --n "
+                f"{prompts_per_cell(record)}; their depths differ from --n {n}'s. Resume with --n "
+                f"{prompts_per_cell(record)} or write to another --out."
+            )
 
 
 class Records:
@@ -275,9 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model,
         split=args.split,
         seed=seed,
+        n=args.n,
         machine=machine_info(str(model.device)),
         command=" ".join(["lazyllm bench frontier", *(argv if argv is not None else sys.argv[1:])]),
     )
+    check_same_prompts(records, where, args.lengths, args.n)
     start = time.perf_counter()
     for length in args.lengths:
         for index, sample in prompts(tokenizer, args.tasks, length, args.n, seed):
