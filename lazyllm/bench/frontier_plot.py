@@ -55,7 +55,7 @@ def plot(records: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     axis.set_ylim(-0.02, 1.05)
     axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right", title="token score", title_fontsize=8)
+    axis.legend(fontsize=8, loc="lower right", title="token score (+ decoding policy)", title_fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -67,9 +67,12 @@ def describe(records: Sequence[dict[str, Any]]) -> str:
     lengths = sorted({r["length"] for r in records})
     tasks = sorted({r["task"] for r in records})
     prompts = len({(r["task"], r["length"], r["sample"]) for r in records})
+    exact = {r["max_new_tokens"] for r in records if r.get("exact")}
+    answers = f", answers of exactly {', '.join(map(str, sorted(exact)))} tokens" if exact else ""
     return (
         f"{first['model']}, {first['split']} prompts (seed {first['seed']}): {prompts} prompts, "
-        f"lengths {', '.join(map(str, lengths))}\n{len(tasks)} tasks ({', '.join(tasks)}); bars: Wilson 95% CI"
+        f"lengths {', '.join(map(str, lengths))}{answers}\n{len(tasks)} tasks ({', '.join(tasks)}); "
+        "bars: Wilson 95% CI"
     )
 
 
