@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyllm.bench.choose import MIN_AGREEMENT, cells, read_records
+from lazyllm.bench.frontier import SCORINGS
 
 MARKERS = "osD^vPX<>"  # 9 against 10 colours: no two lines share both; "*" is the baseline's
 
@@ -29,7 +30,9 @@ def plot(records: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for cell in cells([r for r in records if r["name"] != "baseline"], by=("scoring", "schedule")):
-        lines[cell["scoring"]].append(cell)
+        # A saved config (named after its file) is one point: two files' schedules are not one line.
+        known = cell["scoring"] in SCORINGS
+        lines[cell["scoring"] if known else f"{cell['scoring']}@{cell['schedule']}"].append(cell)
     figure, axis = plt.subplots(figsize=(8, 5.5))
     for index, (scoring, points) in enumerate(sorted(lines.items())):
         points.sort(key=lambda c: c["prefill_token_fraction"])
