@@ -109,13 +109,13 @@ def policy_table(records: Sequence[dict[str, Any]], against: str) -> list[dict[s
     reference_f1 = [r["f1"] for r in records if r["name"] == against]
     if not reference_f1:
         raise SystemExit(f"no records of {against!r} to judge the others against")
+    against_f1 = sum(reference_f1) / len(reference_f1)
     rows = []
     for cell in cells(records, by=("name",)):
         if cell["name"] in (against, "baseline"):
             continue
         mine = [r for r in records if r["name"] == cell["name"]]
         lost = sum(kept.get(tuple(r[k] for k in prompt), False) and not r["agree"] for r in mine)
-        against_f1 = sum(reference_f1) / len(reference_f1)
         eligible = (
             cell["n"] >= len(reference_f1) and lost <= MAX_ANSWERS_LOST and cell["f1"] >= against_f1 - MAX_F1_DROP
         )
