@@ -70,7 +70,7 @@ def test_resuming_records_made_with_another_n_is_refused(tmp_path):
     old = dict(WHERE, task="niah_single", length=2048, name="baseline", max_new_tokens=12, command="x --n 10")
     path.write_text(json.dumps(old) + "\n")
     records = frontier.Records(path)
-    frontier.check_same_prompts(records, dict(WHERE, n=10), [2048], 10)
-    frontier.check_same_prompts(records, dict(WHERE, n=24), [4096], 24)  # another length: other prompts anyway
+    frontier.check_same_prompts(records, dict(WHERE, n=10), [2048])
+    frontier.check_same_prompts(records, dict(WHERE, n=24), [4096])  # another length: other prompts anyway
     with pytest.raises(SystemExit, match="--n 10"):
-        frontier.check_same_prompts(records, dict(WHERE, n=24), [2048], 24)
+        frontier.check_same_prompts(records, dict(WHERE, n=24), [2048])

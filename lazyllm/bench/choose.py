@@ -105,20 +105,18 @@ def policy_table(records: Sequence[dict[str, Any]], against: str) -> list[dict[s
     """Per candidate other than `against` and the baseline: answers it lost that `against` kept (paired by prompt),
     its mean F1 against the unpruned model beside `against`'s, and whether it is eligible."""
     prompt = ("model", "length", "task", "sample")
-    kept = {tuple(r[k] for k in prompt): r["agree"] for r in records if r["name"] == against}
-    reference_f1 = [r["f1"] for r in records if r["name"] == against]
-    if not reference_f1:
+    reference = [r for r in records if r["name"] == against]
+    if not reference:
         raise SystemExit(f"no records of {against!r} to judge the others against")
-    against_f1 = sum(reference_f1) / len(reference_f1)
+    kept = {tuple(r[k] for k in prompt): r["agree"] for r in reference}
+    against_f1 = sum(r["f1"] for r in reference) / len(reference)
     rows = []
     for cell in cells(records, by=("name",)):
         if cell["name"] in (against, "baseline"):
             continue
         mine = [r for r in records if r["name"] == cell["name"]]
         lost = sum(kept.get(tuple(r[k] for k in prompt), False) and not r["agree"] for r in mine)
-        eligible = (
-            cell["n"] >= len(reference_f1) and lost <= MAX_ANSWERS_LOST and cell["f1"] >= against_f1 - MAX_F1_DROP
-        )
+        eligible = cell["n"] >= len(reference) and lost <= MAX_ANSWERS_LOST and cell["f1"] >= against_f1 - MAX_F1_DROP
         rows.append(dict(cell, lost=lost, against_f1=against_f1, eligible=eligible))
     return rows
 

@@ -134,16 +134,17 @@ def prompts_per_cell(record: dict[str, Any]) -> int | None:
     return record.get("n") or (int(found.group(1)) if found else None)
 
 
-def check_same_prompts(records: Records, where: dict[str, Any], lengths: Sequence[int], n: int) -> None:
-    """Sample i's depth depends on n: records made with another n at these lengths hold other prompts under the
-    same sample numbers, so resuming them with this n would compare answers to different prompts."""
+def check_same_prompts(records: Records, where: dict[str, Any], lengths: Sequence[int]) -> None:
+    """Sample i's depth depends on n (`where["n"]`): records made with another n at these lengths hold other prompts
+    under the same sample numbers, so resuming them with this n would compare answers to different prompts."""
     for record in records.done.values():
         same_split = all(record[k] == where[k] for k in ("model", "split", "seed")) and record["length"] in lengths
-        if same_split and prompts_per_cell(record) not in (None, n):
+        theirs = prompts_per_cell(record) if same_split else None
+        if theirs not in (None, where["n"]):
             raise SystemExit(
                 f"{records.path} holds {record['split']} prompts at {record['length']} tokens made with --n "
-                f"{prompts_per_cell(record)}; their depths differ from --n {n}'s. Resume with --n "
-                f"{prompts_per_cell(record)} or write to another --out."
+                f"{theirs}; their depths differ from --n {where['n']}'s. Resume with --n {theirs} or write to "
+                "another --out."
             )
 
 
@@ -184,10 +185,11 @@ def run_prompt(
     `answer_tokens`: every answer exactly this long (else each task's cap, stopping at end-of-sequence)."""
     text = chat_prompt(tokenizer, sample, answer_prefix=True)
     max_new = answer_tokens or MAX_NEW_TOKENS.get(sample.task, DEFAULT_MAX_NEW_TOKENS)
-    where = dict(where, task=sample.task, length=sample.length, max_new_tokens=max_new, exact=bool(answer_tokens))
+    exact = bool(answer_tokens)
+    where = dict(where, task=sample.task, length=sample.length, max_new_tokens=max_new, exact=exact)
 
     def respond() -> dict[str, Any]:
-        return answer(model, tokenizer, text, max_new, exact=bool(answer_tokens))
+        return answer(model, tokenizer, text, max_new, exact=exact)
 
     added = 0
     base_key = records.key(dict(where, name="baseline"))
@@ -299,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine=machine_info(str(model.device)),
         command=" ".join(["lazyllm bench frontier", *(argv if argv is not None else sys.argv[1:])]),
     )
-    check_same_prompts(records, where, args.lengths, args.n)
+    check_same_prompts(records, where, args.lengths)
     start = time.perf_counter()
     for length in args.lengths:
         for index, sample in prompts(tokenizer, args.tasks, length, args.n, seed):
