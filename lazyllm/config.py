@@ -79,6 +79,10 @@ class LazyConfig:
         decode_attend: what the layers after a cut attend in decoding. "selected" (the paper): the chosen tokens,
             masking the KV a layer holds of tokens not chosen this step. "held": every KV entry the layer holds
             (no mask on one query); the selection then only decides what is revived.
+        revive_all_at: at this decoding step (1 = the first) every parked token is revived, computed from where it
+            stopped in one batch, and the rest of the generation runs unpruned: no selection, no masks, every token
+            attended. The prefill's gain stays in the first token; decoding then costs what the unpruned model's
+            does. None (the paper): never.
     """
 
     prune_layers: tuple[int, ...] = ()
@@ -93,6 +97,7 @@ class LazyConfig:
     revival: Revival = "paper"
     reselect_every: int = 1
     decode_attend: DecodeAttend = "selected"
+    revive_all_at: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
@@ -141,6 +146,11 @@ class LazyConfig:
             raise ConfigError(f"reselect_every must be an integer >= 1 (1 = every step, the paper), got {every!r}.")
         if self.decode_attend not in ("selected", "held"):
             raise ConfigError(f"decode_attend must be 'selected' or 'held', got {self.decode_attend!r}.")
+        step = self.revive_all_at
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
+            raise ConfigError(f"revive_all_at must be a decoding step >= 1 (or None: never), got {step!r}.")
+        if step is not None and not self.revive:
+            raise ConfigError("revive_all_at needs the Aux Cache: drop revive=False, or revive_all_at.")
 
     @classmethod
     def preset(cls, name: str, num_layers: int, **overrides: object) -> LazyConfig:

@@ -222,11 +222,14 @@ def run_layers(
     """
     config = runtime.config
     layers = base.layers[: base.config.num_hidden_layers]
-    pruning_index = {layer: i for i, layer in enumerate(config.prune_layers)}
+    step = state.stats.decode_steps  # 0 in prefill
+    # After `revive_all_at` every layer holds every token: nothing is left to choose.
+    revived_all = not prefill and config.revive_all_at is not None and step > config.revive_all_at
+    pruning_index = {} if revived_all else {layer: i for i, layer in enumerate(config.prune_layers)}
     with span("bookkeeping"):
         # Positions index the per-row tables below: the widest is 1 + the largest position (one host sync per call).
         state.width = max(state.width, int(tokens.positions.max()) + 1)
-        reselects = prefill or (config.revive and (state.stats.decode_steps - 1) % config.reselect_every == 0)
+        reselects = prefill or (config.revive and (step - 1) % config.reselect_every == 0)
     chosen: torch.Tensor | None = None  # (B, width): tokens the current layer may attend; None = all
     revived: list[torch.Tensor] = []
     computed: list[torch.Tensor] = []  # tokens computed per layer
@@ -288,10 +291,16 @@ def cut_at(
     all they hold), and how many parked tokens were revived.
 
     A step that does not re-select (static pruning, or between re-selections: `reselect_every`) attends what the last
-    re-selection chose, plus every generated token, and revives nothing.
+    re-selection chose, plus every generated token, and revives nothing. The step `revive_all_at` revives every
+    parked token and attends everything.
     """
     config = runtime.config
     cut = config.prune_layers.index(index)
+    if not prefill and state.stats.decode_steps == config.revive_all_at:
+        everything = torch.ones_like(tokens.positions[:, :1], dtype=torch.bool).expand(-1, state.width)  # (B, width)
+        with span("revival"):
+            tokens, revived = move_tokens(state, cut, tokens, everything, everything, keep_aux=False)
+        return tokens, None, revived
     attend_all = not prefill and (config.decode_attend == "held" or not config.revive)
     if not reselects:
         previous = state.chosen[cut]

@@ -19,6 +19,7 @@ POLICIES = {
     "held": dict(decode_attend="held"),
     "held+beat_weakest": dict(decode_attend="held", revival="beat_weakest"),
     "static": dict(revive=False),
+    "revive_all_at3": dict(revive_all_at=3),
 }
 
 # Greedy tokens and revivals of the paper's policy, recorded with the code before the decoding rework (main at
@@ -120,6 +121,23 @@ def test_reselect_every_revives_only_on_reselection_steps():
     assert all(n == 0 for step, n in enumerate(revived) if step % 4), revived
 
 
+def test_revive_all_at_brings_every_parked_token_back_then_stops_choosing(monkeypatch):
+    model = tiny_llama("gqa")
+    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, revive_all_at=3))
+    selections = []
+    select = lazyllm.forward.select
+    monkeypatch.setattr(lazyllm.forward, "select", lambda *args: selections.append(args[4]) or select(*args))
+    length, steps = 240, 8
+    cache, state, _ = generate_manually(model, random_ids(length), steps)
+    assert len(selections) == 3 * len(SCHEDULE["prune_layers"]), "prefill and steps 1-2 choose; step 3 on do not"
+    everything = list(range(length + steps))
+    for layer, positions in enumerate(state.positions):
+        assert sorted(positions[0].tolist()) == everything, f"layer {layer} holds every token, each once"
+    assert all(int(aux.held()) == 0 for aux in state.aux)
+    revived = lazyllm.stats(model).revived_per_step
+    assert revived[2] > 0 and revived[3:] == [0] * (steps - 3), revived
+
+
 def positional_scores(prefer):
     """A stand-in scorer: late (or early) entries score highest (entries in position order: one unpadded row)."""
 
@@ -188,7 +206,14 @@ def test_slots_append_in_place_take_and_compact():
 
 @pytest.mark.parametrize(
     "option",
-    [dict(revival="top"), dict(reselect_every=0), dict(reselect_every=True), dict(decode_attend="all")],
+    [
+        dict(revival="top"),
+        dict(reselect_every=0),
+        dict(reselect_every=True),
+        dict(decode_attend="all"),
+        dict(revive_all_at=0),
+        dict(revive_all_at=2, revive=False),
+    ],
 )
 def test_bad_decoding_options_are_refused(option):
     with pytest.raises(lazyllm.ConfigError):

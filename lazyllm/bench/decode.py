@@ -47,6 +47,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     "held": dict(decode_attend="held"),
     "held+beat_weakest": dict(decode_attend="held", revival="beat_weakest"),
     "static": dict(revive=False),
+    "revive_all_at1": dict(revive_all_at=1),
 }
 EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
 ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)
