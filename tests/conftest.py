@@ -59,17 +59,14 @@ TINY_SHAPES = {
 }
 
 
+# The widths of every random-weight test model (each family adds its depth and heads).
+SMALL_DIMS = dict(vocab_size=256, hidden_size=64, intermediate_size=128, max_position_embeddings=4096)
+
+
 def tiny_llama(shape: str = "gqa", attn: str = "sdpa", seed: int = 0, **overrides: object) -> LlamaForCausalLM:
     """A random-weight Llama small enough for unit tests (fp32, eval mode)."""
     torch.manual_seed(seed)
-    settings = dict(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        attn_implementation=attn,
-    )
+    settings = dict(SMALL_DIMS, rope_theta=10000.0, attn_implementation=attn)
     settings.update(TINY_SHAPES[shape])
     settings.update(overrides)
     return LlamaForCausalLM(LlamaConfig(**settings)).eval()

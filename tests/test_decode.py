@@ -9,18 +9,10 @@ from transformers import DynamicCache
 
 import lazyllm
 import lazyllm.forward
+from lazyllm.bench.decode import POLICIES  # the policies the rig measures
 from lazyllm.cache import Slots
 
 SCHEDULE = dict(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
-POLICIES = {
-    "paper": {},
-    "beat_weakest": dict(revival="beat_weakest"),
-    "every3": dict(reselect_every=3),
-    "held": dict(decode_attend="held"),
-    "held+beat_weakest": dict(decode_attend="held", revival="beat_weakest"),
-    "static": dict(revive=False),
-    "revive_all_at3": dict(revive_all_at=3),
-}
 
 # Greedy tokens and revivals of the paper's policy, recorded with the code before the decoding rework (main at
 # db0115f): 200 random prompt tokens, 24 new tokens.

@@ -2,23 +2,14 @@
 
 import pytest
 import torch
-from conftest import random_ids
+from conftest import SMALL_DIMS, random_ids
 from kv_checks import checked_generate, pruned_stats
 from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import lazyllm
 import lazyllm.forward
 
-SMALL = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=6,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-    attn_implementation="sdpa",
-)
+SMALL = dict(SMALL_DIMS, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
 FAMILIES = {
     "mistral": (MistralForCausalLM, MistralConfig, dict(sliding_window=None)),
     "qwen2": (Qwen2ForCausalLM, Qwen2Config, dict(use_sliding_window=False)),

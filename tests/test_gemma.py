@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import missing, random_ids
+from conftest import SMALL_DIMS, missing, random_ids
 from transformers import (
     DynamicCache,
     Gemma3ForCausalLM,
@@ -34,14 +34,7 @@ WINDOW = 8
 needs_gemma3 = pytest.mark.skipif(
     not rope_takes_layer_type(Gemma3RotaryEmbedding), reason="lazyllm supports Gemma 3 from Transformers 5 on"
 )
-SMALL = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=6,
-    num_attention_heads=4,
-    max_position_embeddings=4096,
-)
+SMALL = dict(SMALL_DIMS, num_hidden_layers=6, num_attention_heads=4)
 # Sliding layers before and after each full layer, so cuts at 2 and 4 are scored by both kinds.
 GEMMA_LAYERS = ["sliding_attention", "full_attention", "sliding_attention"] * 2
 
