@@ -4,6 +4,10 @@ import json
 
 from lazyllm.bench.choose import candidates_table, choose, policy_table, read_records
 
+MACHINE = dict(
+    cpu="cpu0", cores=2, device="cpu", torch="2.13.0", torch_threads=2, transformers="5.24.0", date="2026-11-30T12:00"
+)
+
 
 def records(name, fraction, agree, correct, baseline_correct=(1, 1, 1, 1, 1, 1, 1, 1, 1, 1), task="niah_single"):
     return [
@@ -21,6 +25,8 @@ def records(name, fraction, agree, correct, baseline_correct=(1, 1, 1, 1, 1, 1, 
             correct=c,
             baseline_correct=b,
             prefill_token_fraction=fraction,
+            machine=MACHINE,
+            command="lazyllm bench frontier --n 10",
         )
         for i, (a, c, b) in enumerate(zip(agree, correct, baseline_correct))
     ]
@@ -95,5 +101,7 @@ def test_the_report_gives_each_length_task_cell_and_the_policy_verdict(tmp_path)
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     text = report.render([path], tmp_path, "decode").read_text()
     assert "| paper+static@default | 0.80 [0.49-0.94] (10) |" in text, "its cell, with interval and n"
+    assert "- Machine: cpu0, 2 cores, cpu, torch 2.13.0 (2 threads), transformers 5.24.0; 2026-11-30." in text
+    assert "- Command: `lazyllm bench frontier --n 10`" in text
     assert "Decoding policies against paper@default" in text
     assert "| paper+static@default | 10 | 0.80 [0.49-0.94] | 2 |" in text

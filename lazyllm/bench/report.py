@@ -313,12 +313,28 @@ def token_score_section(fidelity: Sequence[Record], plot_name: str) -> list[str]
         "",
         frontier_plot.describe(fidelity).replace("\n", "; ") + f". Plot: `{plot_name}`.",
         "",
+        *fidelity_setup(fidelity),
+        "",
         table_md,
         "",
         f"Working tasks (baseline accuracy >= {choose.BASELINE_WORKS}): {working}. {verdict}",
         "",
         *cells_section(fidelity),
     ]
+
+
+def fidelity_setup(fidelity: Sequence[Record]) -> list[str]:
+    """Where and how the records were made: each machine with its dates, and each command (as run)."""
+    machines: dict[str, list[str]] = {}
+    for record in fidelity:
+        m = record["machine"]
+        where = f"{m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']} ({m['torch_threads']} threads), "
+        machines.setdefault(where + f"transformers {m['transformers']}", []).append(m["date"][:10])
+    lines = [
+        f"- Machine: {where}; {' to '.join(sorted({min(dates), max(dates)}))}." for where, dates in machines.items()
+    ]
+    commands = sorted({record["command"] for record in fidelity})
+    return lines + [f"- Command: `{command}`" for command in commands]
 
 
 def agreement_cell(cell: Record | None) -> str:
