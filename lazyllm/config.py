@@ -81,8 +81,8 @@ class LazyConfig:
             (no mask on one query); the selection then only decides what is revived.
         revive_all_at: at this decoding step (1 = the first) every parked token is revived, computed from where it
             stopped in one batch, and the rest of the generation runs unpruned: no selection, no masks, every token
-            attended. The prefill's gain stays in the first token; decoding then costs what the unpruned model's
-            does. None (the paper): never.
+            attended. The prefill's gain stays in the first token; later steps do the unpruned model's work (on
+            CPU the revival step cost more than the prefill it saved: README, "Third rule"). None (the paper): never.
     """
 
     prune_layers: tuple[int, ...] = ()
