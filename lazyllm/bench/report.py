@@ -325,14 +325,15 @@ def token_score_section(fidelity: Sequence[Record], plot_name: str) -> list[str]
 
 def fidelity_setup(fidelity: Sequence[Record]) -> list[str]:
     """Where and how the records were made: each machine with its dates, and each command (as run)."""
-    machines: dict[str, list[str]] = {}
+    dates: dict[str, list[str]] = {}  # machine -> the dates of its records
     for record in fidelity:
         m = record["machine"]
-        where = f"{m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']} ({m['torch_threads']} threads), "
-        machines.setdefault(where + f"transformers {m['transformers']}", []).append(m["date"][:10])
-    lines = [
-        f"- Machine: {where}; {' to '.join(sorted({min(dates), max(dates)}))}." for where, dates in machines.items()
-    ]
+        machine = (
+            f"{m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']} ({m['torch_threads']} threads), "
+            f"transformers {m['transformers']}"
+        )
+        dates.setdefault(machine, []).append(m["date"][:10])
+    lines = [f"- Machine: {machine}; {' to '.join(sorted({min(d), max(d)}))}." for machine, d in dates.items()]
     commands = sorted({record["command"] for record in fidelity})
     return lines + [f"- Command: `{command}`" for command in commands]
 
