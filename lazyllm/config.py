@@ -36,6 +36,11 @@ class ConfigError(ValueError):
     """A `LazyConfig` value that cannot work; the message says what to change."""
 
 
+def _is_int_at_least(value: object, minimum: int) -> bool:
+    """Whether `value` is an int (not a bool) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 # The fields that say how tokens are scored at a cut (as opposed to where the cuts are and how much they keep).
 SCORING_FIELDS = ("score_window", "score_layers", "score_pool")
 
@@ -121,7 +126,7 @@ class LazyConfig:
             raise ConfigError(
                 f"keep_ratios must not increase with depth (a later layer cannot see tokens an earlier one dropped), got {ratios}."
             )
-        if not isinstance(self.min_prompt_tokens, int) or self.min_prompt_tokens < 0:
+        if not _is_int_at_least(self.min_prompt_tokens, 0):
             raise ConfigError(f"min_prompt_tokens must be an integer >= 0, got {self.min_prompt_tokens!r}.")
         if not isinstance(self.revive, bool):
             raise ConfigError(f"revive must be True or False, got {self.revive!r}.")
@@ -133,7 +138,7 @@ class LazyConfig:
     def _check_scoring(self) -> None:
         for name in ("score_window", "score_layers", "score_pool"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int_at_least(value, 1):
                 raise ConfigError(f"{name} must be an integer >= 1 (1 = the paper's score), got {value!r}.")
         if self.score_pool % 2 == 0:
             raise ConfigError(f"score_pool must be odd (a window centred on each token), got {self.score_pool}.")
@@ -142,12 +147,12 @@ class LazyConfig:
         if self.revival not in ("paper", "beat_weakest"):
             raise ConfigError(f"revival must be 'paper' or 'beat_weakest', got {self.revival!r}.")
         every = self.reselect_every
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        if not _is_int_at_least(every, 1):
             raise ConfigError(f"reselect_every must be an integer >= 1 (1 = every step, the paper), got {every!r}.")
         if self.decode_attend not in ("selected", "held"):
             raise ConfigError(f"decode_attend must be 'selected' or 'held', got {self.decode_attend!r}.")
         step = self.revive_all_at
-        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
+        if step is not None and not _is_int_at_least(step, 1):
             raise ConfigError(f"revive_all_at must be a decoding step >= 1 (or None: never), got {step!r}.")
         if step is not None and not self.revive:
             raise ConfigError("revive_all_at needs the Aux Cache: drop revive=False, or revive_all_at.")

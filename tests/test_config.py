@@ -17,6 +17,7 @@ from lazyllm import PRESETS, ConfigError, LazyConfig
         (dict(prune_layers=(4, 8), keep_ratios=(0.3, 0.5)), "must not increase"),
         (dict(min_prompt_tokens=-1), "min_prompt_tokens"),
         (dict(min_prompt_tokens=1.5), "min_prompt_tokens"),
+        (dict(min_prompt_tokens=True), "min_prompt_tokens"),
         (dict(revive="yes"), "revive"),
         (dict(selection="topk"), "selection"),
     ],
