@@ -4,7 +4,8 @@ The KV itself stays in Transformers' own `DynamicCache`, which `generate()` crea
 simply hold fewer entries; `LazyState.positions[l]` says which token each entry of layer `l` belongs to, in the
 order the entries were appended (prefill in position order, revived tokens appended later). Masks are built from
 these positions, so the order of entries never matters. Position tables and Aux Caches are preallocated `Slots`,
-appended to in place, so that a decoding step's bookkeeping does not grow with the context.
+appended to in place, so that a decoding step's bookkeeping does not grow with the context; so are the KV entries
+themselves (`GrowingLayer`), which `DynamicLayer` would copy whole at every step.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def check_cache(cache: Cache | None, model_config: object) -> None:
                 f"the cache has sliding-window layers at {wrong[:4]}, where the model attends fully: pass a cache "
                 "made for this model (DynamicCache(config=model.config)) or none."
             )
-    layer_types = (DynamicLayer, DynamicSlidingWindowLayer)
+    layer_types = (DynamicLayer, DynamicSlidingWindowLayer, GrowingLayer)
     plain = type(cache) is DynamicCache and all(type(layer) in layer_types for layer in cache.layers)
     if not plain or getattr(cache, "offloading", False):
         raise UnsupportedCacheError(
@@ -46,16 +47,57 @@ def check_cache(cache: Cache | None, model_config: object) -> None:
         )
 
 
-def with_full_layers(cache: DynamicCache) -> DynamicCache:
-    """`cache` (empty, before a pruned prefill) with its sliding-window layers swapped for full `DynamicLayer`s.
+def with_growing_layers(cache: DynamicCache) -> DynamicCache:
+    """`cache` (empty, before a pruned prefill) with every layer a `GrowingLayer`.
 
     A sliding-window layer keeps only its last `window - 1` entries in append order, but a pruned layer appends
     revived tokens after newer ones and LazyLLM resumes them there later, so a sliding layer keeps every entry it
     computed, like a full layer; the window is applied in the masks, by position (see `forward.attention_mask_for`).
     This costs memory next to the unpatched model: a sliding layer holds its kept tokens instead of one window.
     """
-    cache.layers = [layer if type(layer) is DynamicLayer else DynamicLayer() for layer in cache.layers]
+    cache.layers = [GrowingLayer() for _ in cache.layers]
+    if cache.layer_class_to_replicate is not None:  # a cache made without the model's config adds layers lazily
+        cache.layer_class_to_replicate = GrowingLayer
     return cache
+
+
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` that appends in place into spare capacity instead of concatenating.
+
+    `DynamicLayer.update` copies the layer's whole KV at every decoding step (`torch.cat`), which on CPU is a large
+    share of a step at long contexts. Here the keys and values live in buffers with room to spare (12.5% + 64 slots
+    on each growth: amortised O(1) per appended token, at most that much memory more) and `keys` / `values` are views
+    of their filled part. If something else replaced `keys` (`crop`, a batch selection), the next update adopts it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, H, capacity, d) keys, values
+        self._view: torch.Tensor | None = None  # the `keys` view handed out last
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized or self.keys is not self._view:  # first call, or `keys` replaced since
+            self._buffers = super().update(key_states, value_states, *args, **kwargs)
+            self._view = self.keys
+            return self.keys, self.values
+        length, end = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+        if end > self._buffers[0].shape[-2]:
+            self._buffers = tuple(_with_capacity(buffer, length, end + end // 8 + 64) for buffer in self._buffers)
+        keys, values = self._buffers
+        keys[..., length:end, :] = key_states
+        values[..., length:end, :] = value_states
+        self.keys, self.values = keys[..., :end, :], values[..., :end, :]
+        self._view = self.keys
+        return self.keys, self.values
+
+
+def _with_capacity(buffer: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+    """A `(B, H, capacity, d)` buffer holding the first `length` entries of `buffer`."""
+    grown = buffer.new_empty((*buffer.shape[:-2], capacity, buffer.shape[-1]))
+    grown[..., :length, :] = buffer[..., :length, :]
+    return grown
 
 
 class Slots:

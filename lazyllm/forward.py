@@ -11,7 +11,7 @@ A call runs the decoder layers on a changing set of tokens (`Tokens`):
 
 Sliding-window layers (Gemma 3's local layers, Mistral/Qwen2 with `sliding_window`) attend, of the chosen tokens,
 those within the window of each query's position; their cache keeps every entry they computed (see
-`cache.with_full_layers`). Scores at a cut come from the layer before it whatever its type, over every entry that
+`cache.with_growing_layers`). Scores at a cut come from the layer before it whatever its type, over every entry that
 layer holds: a sliding layer's queries and keys score tokens outside its window too (else every cut after a sliding
 layer would keep just the last window).
 """
@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from lazyllm.cache import LazyState, check_cache, with_full_layers
+from lazyllm.cache import LazyState, check_cache, with_growing_layers
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.families import FamilyAdapter, check_attention_backend
 from lazyllm.scoring import attention_scores, pool_neighbours, random_scores
@@ -177,7 +177,7 @@ def prefill(
 
     lengths = real.sum(dim=1).tolist()
     keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
-    cache = with_full_layers(cache if cache is not None else DynamicCache(config=base.config))
+    cache = with_growing_layers(cache if cache is not None else DynamicCache(config=base.config))
     generator = None
     if config.selection == "random":
         generator = torch.Generator(device=hidden.device).manual_seed(config.seed)

@@ -10,7 +10,7 @@ from transformers import DynamicCache
 import lazyllm
 import lazyllm.forward
 from lazyllm.bench.decode import POLICIES  # the policies the rig measures
-from lazyllm.cache import Slots
+from lazyllm.cache import GrowingLayer, Slots
 
 SCHEDULE = dict(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
 
@@ -194,6 +194,23 @@ def test_slots_append_in_place_take_and_compact():
     slots.take(slots.positions == 7)
     slots.take(slots.positions == 1)  # more than half empty: compacted
     assert slots.positions.tolist() == [[3, 11]] and slots.hidden[0, :, 0].tolist() == [3.0, 11.0]
+
+
+def test_growing_layer_appends_in_place_and_holds_what_concatenation_would():
+    layer, parts = GrowingLayer(), [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 70, 1)]
+    for index, part in enumerate(parts):
+        keys, values = layer.update(part, -part)
+        if index == 2:
+            buffer = keys.data_ptr()
+    expected = torch.cat(parts, dim=2)
+    assert torch.equal(keys, expected) and torch.equal(values, -expected) and layer.get_seq_length() == 78
+    assert keys.data_ptr() != buffer, "70 entries did not fit: the buffer grew"
+    before = keys.data_ptr()
+    layer.update(parts[1], parts[1])  # room to spare since the growth: written in place
+    assert layer.keys.data_ptr() == before and torch.equal(layer.keys[:, :, -1:], parts[1])
+    layer.crop(-10)  # DynamicLayer's crop replaces `keys`: the next update starts from what is left
+    keys, _ = layer.update(parts[0], parts[0])
+    assert torch.equal(keys, torch.cat([expected[:, :, :69], parts[0]], dim=2))
 
 
 @pytest.mark.parametrize(

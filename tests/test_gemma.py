@@ -20,11 +20,11 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-from transformers.cache_utils import DynamicLayer
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 import lazyllm
 import lazyllm.forward
+from lazyllm.cache import GrowingLayer
 from lazyllm.compat import CACHE_KWARG
 from lazyllm.families import rope_takes_layer_type
 from lazyllm.models import ModelNotFoundError
@@ -132,7 +132,7 @@ def test_a_cache_made_from_the_config_is_accepted_and_stays_exact():
         cache = DynamicCache(config=model.config)
         text = model.generate(ids, **{CACHE_KWARG: cache}, max_new_tokens=12, do_sample=False)
     assert torch.equal(text, base_text)
-    assert all(type(layer) is DynamicLayer for layer in cache.layers)
+    assert all(type(layer) is GrowingLayer for layer in cache.layers)
     assert [layer.keys.shape[2] for layer in cache.layers] == [60 + 11] * 6, "sliding layers keep every entry"
 
 
