@@ -79,6 +79,9 @@ def test_a_decoding_policy_is_judged_prompt_by_prompt_against_the_reference_poli
     table = {row["name"]: row for row in policy_table(BASELINE + reference + swaps + one_lost, "paper")}
     assert set(table) == {"swaps", "one_lost"}
     assert table["swaps"]["lost"] == 2 and not table["swaps"]["eligible"], "paired, not pooled"
+    assert table["swaps"]["gained"] == 2
+    net = {row["name"]: row for row in policy_table(BASELINE + reference + swaps + one_lost, "paper", net=True)}
+    assert net["swaps"]["eligible"], "the fourth rule: as many answers gained as lost"
     assert table["one_lost"]["lost"] == 1 and not table["one_lost"]["eligible"], "its F1 is 0.1 below"
     close = records("close", 0.9, (0,) + (1,) * 8 + (0,), ALL)
     for record in close[:1]:
@@ -103,5 +106,5 @@ def test_the_report_gives_each_length_task_cell_and_the_policy_verdict(tmp_path)
     assert "| paper+static@default | 0.80 [0.49-0.94] (10) |" in text, "its cell, with interval and n"
     assert "- Machine: cpu0, 2 cores, cpu, torch 2.13.0 (2 threads), transformers 5.24.0; 2026-11-30." in text
     assert "- Command: `lazyllm bench frontier --n 10`" in text
-    assert "Decoding policies against paper@default" in text
-    assert "| paper+static@default | 10 | 0.80 [0.49-0.94] | 2 |" in text
+    assert "Decoding policies against paper@default, eligible with at most one answer lost" in text
+    assert "| paper+static@default | 10 | 0.80 [0.49-0.94] | 2 | 0 |" in text

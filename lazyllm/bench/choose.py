@@ -101,9 +101,11 @@ def choose(records: Sequence[dict[str, Any]]) -> str | None:
     return passing[0]["name"] if passing else None
 
 
-def policy_table(records: Sequence[dict[str, Any]], against: str) -> list[dict[str, Any]]:
-    """Per candidate other than `against` and the baseline: answers it lost that `against` kept (paired by prompt),
-    its mean F1 against the unpruned model beside `against`'s, and whether it is eligible."""
+def policy_table(records: Sequence[dict[str, Any]], against: str, net: bool = False) -> list[dict[str, Any]]:
+    """Per candidate other than `against` and the baseline: answers it lost that `against` kept and answers it kept
+    that `against` lost (paired by prompt), its mean F1 against the unpruned model beside `against`'s, and whether it
+    is eligible: at most `MAX_ANSWERS_LOST` lost (README, second and third rules) or, with `net`, no more lost than
+    gained (fourth rule); and F1 at most `MAX_F1_DROP` below."""
     prompt = ("model", "length", "task", "sample")
     reference = [r for r in records if r["name"] == against]
     if not reference:
@@ -114,23 +116,30 @@ def policy_table(records: Sequence[dict[str, Any]], against: str) -> list[dict[s
     for cell in cells(records, by=("name",)):
         if cell["name"] in (against, "baseline"):
             continue
-        mine = [r for r in records if r["name"] == cell["name"]]
-        lost = sum(kept.get(tuple(r[k] for k in prompt), False) and not r["agree"] for r in mine)
-        eligible = cell["n"] >= len(reference) and lost <= MAX_ANSWERS_LOST and cell["f1"] >= against_f1 - MAX_F1_DROP
-        rows.append(dict(cell, lost=lost, against_f1=against_f1, eligible=eligible))
+        paired = [
+            (kept[key], r["agree"])
+            for r in records
+            if r["name"] == cell["name"] and (key := tuple(r[k] for k in prompt)) in kept
+        ]
+        lost = sum(theirs and not mine for theirs, mine in paired)
+        gained = sum(mine and not theirs for theirs, mine in paired)
+        paired_ok = gained >= lost if net else lost <= MAX_ANSWERS_LOST
+        eligible = cell["n"] >= len(reference) and paired_ok and cell["f1"] >= against_f1 - MAX_F1_DROP
+        rows.append(dict(cell, lost=lost, gained=gained, against_f1=against_f1, eligible=eligible))
     return rows
 
 
 def render_policies(rows: Sequence[dict[str, Any]], against: str) -> str:
     lines = [
-        f"| candidate | n | agreement [95% CI] | answers lost that {against} kept | F1 vs baseline ({against}) | eligible |",
-        "|---|---|---|---|---|---|",
+        f"| candidate | n | agreement [95% CI] | answers lost that {against} kept | answers kept that {against} lost "
+        f"| F1 vs baseline ({against}) | eligible |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         low, high = row["agreement_ci"]
         lines.append(
             f"| {row['name']} | {row['n']} | {row['agreement']:.2f} [{low:.2f}-{high:.2f}] | {row['lost']} | "
-            f"{row['f1']:.3f} ({row['against_f1']:.3f}) | {'yes' if row['eligible'] else 'no'} |"
+            f"{row['gained']} | {row['f1']:.3f} ({row['against_f1']:.3f}) | {'yes' if row['eligible'] else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -158,10 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lazyllm.bench.choose", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="frontier JSON-lines files")
     parser.add_argument("--against", metavar="NAME", help="judge decoding policies against this candidate")
+    parser.add_argument("--net", action="store_true", help="with --against: the fourth rule (no net answer lost)")
     args = parser.parse_args(argv)
     records = read_records(args.results)
     if args.against:
-        print(render_policies(policy_table(records, args.against), args.against))
+        print(render_policies(policy_table(records, args.against, args.net), args.against))
         return 0
     print(render(candidates_table(records)))
     print(f"\nworking tasks (baseline accuracy >= {BASELINE_WORKS}): {', '.join(sorted(working_tasks(records)))}")

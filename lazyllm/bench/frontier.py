@@ -54,8 +54,9 @@ SCORINGS: dict[str, dict[str, Any]] = {
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
 DEFAULT_MAX_NEW_TOKENS = 12
-# Prompts that choose defaults never appear in reported figures; "decode" chooses the decoding policy (README).
-SPLIT_SEEDS = {"report": 0, "select": 1, "decode": 3}
+# Prompts that choose defaults never appear in reported figures; "decode" chooses the decoding policy and "confirm"
+# tests what "decode" suggested, on prompts nothing else reads (README, fourth rule).
+SPLIT_SEEDS = {"report": 0, "select": 1, "decode": 3, "confirm": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +246,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=sorted(SPLIT_SEEDS),
         default="report",
         help="'select': prompts for choosing defaults (seed 1); 'report': held-apart prompts (seed 0); 'decode': "
-        "prompts for choosing the decoding policy (seed 3)",
+        "prompts for choosing the decoding policy (seed 3); 'confirm': fresh prompts to confirm it (seed 4)",
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)

@@ -301,10 +301,11 @@ def token_score_section(fidelity: Sequence[Record], plot_name: str) -> list[str]
     splits = {r["split"] for r in fidelity}
     if splits == {"select"}:
         verdict = f"Chosen by the rule: {choose.choose(fidelity) or 'none passes: the default stays'}."
-    elif splits == {"decode"}:  # README, "Second rule for the default decoding policy"
-        reference = "paper@default"
-        verdict = f"Decoding policies against {reference}:\n\n" + choose.render_policies(
-            choose.policy_table(fidelity, reference), reference
+    elif splits in ({"decode"}, {"confirm"}):  # README, second to fourth rules for the default decoding policy
+        reference, net = "paper@default", splits == {"confirm"}
+        rule = "no more answers lost than kept (fourth rule)" if net else "at most one answer lost (second rule)"
+        verdict = f"Decoding policies against {reference}, eligible with {rule}:\n\n" + choose.render_policies(
+            choose.policy_table(fidelity, reference, net), reference
         )
     else:  # the rule reads the selection prompts only; on held-apart prompts "passes" is a check, not a choice
         verdict = "Held-apart prompts: 'passes' checks the rule here; the default is chosen on the selection split."
