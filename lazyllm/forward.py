@@ -226,6 +226,7 @@ def run_layers(
     # After `revive_all_at` every layer holds every token: nothing is left to choose.
     revived_all = not prefill and config.revive_all_at is not None and step > config.revive_all_at
     pruning_index = {} if revived_all else {layer: i for i, layer in enumerate(config.prune_layers)}
+    segment_starts = set(config.prune_layers)  # the layers of a segment hold the same entries, in the same order
     with span("bookkeeping"):
         # Positions index the per-row tables below: the widest is 1 + the largest position (one host sync per call).
         state.width = max(state.width, int(tokens.positions.max()) + 1)
@@ -246,8 +247,10 @@ def run_layers(
                     runtime, state, cache, layers, index, tokens, chosen, embeddings, reselects, prefill
                 )
                 revived.append(revived_here)
-                embeddings, masks = PositionEmbeddings(runtime.adapter, base, tokens), {}
+                embeddings = PositionEmbeddings(runtime.adapter, base, tokens)
                 count = (tokens.positions >= 0).sum()
+            if index in segment_starts:  # also after `revive_all_at`: the entries' order still differs by segment
+                masks = {}
             window = runtime.windows[index]
             if window not in masks:
                 with span("mask"):
@@ -460,8 +463,8 @@ def attention_mask_for(
     if sdpa and window is None:
         if before.shape[1] == 0 and bool((query_positions >= 0).all()):
             return None  # prefill without empty slots: keys are the queries, sorted, so is_causal is exact
-        if query_positions.shape[1] == 1 and chosen is None and not state.padded:
-            return None
+        if query_positions.shape == (1, 1) and chosen is None and not state.padded:
+            return None  # one row: it holds no empty slot (rows of a batch revive different counts, leaving some)
     key_positions = torch.cat([before.to(query_positions.device), query_positions], dim=1)  # (B, T)
     key_allowed = key_positions >= 0 if chosen is None else lookup(chosen, key_positions)
     distance = query_positions[:, :, None] - key_positions[:, None, :]  # (B, q, T)

@@ -43,7 +43,7 @@ PAPER_REFERENCE = {
 def test_paper_policy_reproduces_the_committed_outputs(case):
     setup, tokens, revived = PAPER_REFERENCE[case]
     model = tiny_llama(setup["shape"], setup["attn"])
-    lazyllm.patch(model, lazyllm.LazyConfig(min_prompt_tokens=0, **setup["config"]))
+    lazyllm.patch(model, lazyllm.LazyConfig(min_prompt_tokens=0, revive_all_at=None, **setup["config"]))
     with torch.inference_mode():
         out = model.generate(random_ids(200), max_new_tokens=24, do_sample=False)
     assert out[0, 200:].tolist() == tokens
@@ -104,9 +104,22 @@ def test_keep_all_is_the_unpruned_model_for_every_policy(policy, attn):
     assert torch.equal(out, base)
 
 
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_unpadded_batch_rows_decode_as_when_run_alone(policy):
+    """Rows of one length revive different tokens, so some layers hold empty slots that no mask may let through."""
+    model = tiny_llama("gqa")
+    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, **POLICIES[policy]))
+    rows = torch.cat([random_ids(200, seed=3), random_ids(200, seed=4)])
+    with torch.inference_mode():
+        batched = model.generate(rows, attention_mask=torch.ones_like(rows), max_new_tokens=16, do_sample=False)
+        for row, out in zip(rows, batched):
+            alone = model.generate(row[None], max_new_tokens=16, do_sample=False)
+            assert torch.equal(out, alone[0])
+
+
 def test_reselect_every_revives_only_on_reselection_steps():
     model = tiny_llama("gqa")
-    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, reselect_every=4))
+    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, reselect_every=4, revive_all_at=None))
     generate_manually(model, random_ids(240), 13)
     revived = lazyllm.stats(model).revived_per_step
     assert revived[0] > 0
@@ -144,7 +157,10 @@ def next_logits_after_turnaround(monkeypatch, **policy):
     """Prefill keeps the latest quarter; the first decoding step's scores prefer the earliest tokens."""
     model = tiny_llama("gqa")
     length = 200
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.25,), min_prompt_tokens=0, **policy))
+    config = lazyllm.LazyConfig(
+        prune_layers=(3,), keep_ratios=(0.25,), min_prompt_tokens=0, revive_all_at=None, **policy
+    )
+    lazyllm.patch(model, config)
     prefer = {"late": True}
     monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
     ids = random_ids(length)
@@ -175,11 +191,14 @@ def test_held_attends_every_entry_the_layer_holds(monkeypatch):
 
 def test_whole_generation_token_fraction_counts_prefill_and_decoding():
     model = tiny_llama("gqa")
-    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE))
+    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, revive_all_at=None))  # the paper's policy
     generate_manually(model, random_ids(240), 10)
     stats = lazyllm.stats(model)
     assert stats.whole_generation_token_fraction == pytest.approx(stats.total_token_layers / ((240 + 10) * 6))
     assert stats.prefill_token_fraction < stats.whole_generation_token_fraction < 1.0
+    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE))  # the default revives every parked token at step 1
+    generate_manually(model, random_ids(240), 10)
+    assert lazyllm.stats(model).whole_generation_token_fraction == 1.0
 
 
 def test_slots_append_in_place_take_and_compact():
@@ -221,7 +240,8 @@ def test_growing_layer_appends_in_place_and_holds_what_concatenation_would():
         dict(reselect_every=True),
         dict(decode_attend="all"),
         dict(revive_all_at=0),
-        dict(revive_all_at=2, revive=False),
+        dict(reselect_every=4),  # options of the steps before revive_all_at, whose default (1) leaves none
+        dict(revival="beat_weakest", revive_all_at=1),
     ],
 )
 def test_bad_decoding_options_are_refused(option):
@@ -229,12 +249,19 @@ def test_bad_decoding_options_are_refused(option):
         lazyllm.LazyConfig(**SCHEDULE, **option)
 
 
+def test_paper_options_work_with_a_later_revive_all_at_and_revive_false():
+    assert lazyllm.LazyConfig(**SCHEDULE, reselect_every=4, revive_all_at=3).reselect_every == 4
+    assert lazyllm.LazyConfig(**SCHEDULE, revive=False).revive_all_at == 1, "nothing is parked: nothing to revive"
+
+
 def test_the_decode_bench_times_every_step_and_splits_a_step_into_ranges():
     from lazyllm.bench.decode import breakdown, timed_generation
 
     model = tiny_llama("gqa")
     inputs = {"input_ids": random_ids(200), "attention_mask": torch.ones(1, 200, dtype=torch.long)}
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(2,), keep_ratios=(0.3,), min_prompt_tokens=0))
+    lazyllm.patch(
+        model, lazyllm.LazyConfig(prune_layers=(2,), keep_ratios=(0.3,), min_prompt_tokens=0, revive_all_at=None)
+    )
     run = timed_generation(model, inputs, new_tokens=6, device="cpu")
     assert len(run.step_ms) == 5 and run.stats["pruned"] and run.stats["decode_steps"] == 5
     assert run.ttft_s <= run.whole_s(6) <= run.total_s

@@ -51,7 +51,8 @@ def test_family_scores_are_the_eager_attention_maps(family, monkeypatch):
     ids = random_ids(60)
     seen, score = [], lazyllm.forward.attention_scores
     monkeypatch.setattr(lazyllm.forward, "attention_scores", lambda *args: seen.append(score(*args)) or seen[-1])
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.3,), min_prompt_tokens=0))
+    paper = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.3,), min_prompt_tokens=0, revive_all_at=None)
+    lazyllm.patch(model, paper)  # the paper's policy scores at every decoding step
     with torch.inference_mode():
         sequence = model.generate(ids, max_new_tokens=4, do_sample=False)
         pruned_stats(model)

@@ -203,7 +203,8 @@ def test_revived_tokens_go_through_sliding_layers_exactly(monkeypatch):
     with torch.inference_mode():
         base_cache = DynamicCache()
         model(ids, **{CACHE_KWARG: base_cache}, use_cache=True)
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(keep,), min_prompt_tokens=0))
+    paper = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(keep,), min_prompt_tokens=0, revive_all_at=None)
+    lazyllm.patch(model, paper)
     prefer = {"late": True}
     monkeypatch.setattr(lazyllm.forward, "attention_scores", early_or_late_scores(prefer))
     k = math.ceil(keep * length)

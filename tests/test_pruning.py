@@ -11,7 +11,8 @@ from transformers import DynamicCache
 import lazyllm
 import lazyllm.forward
 
-SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
+# The paper's decoding policy (revive_all_at=None): decoding steps choose and revive a few tokens each.
+SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0, revive_all_at=None)
 
 
 def prefill(model, ids, **kwargs):
@@ -73,7 +74,9 @@ def test_unchosen_keys_are_not_attended_in_decoding(monkeypatch, decode_prefers_
     model = tiny_llama("gqa")
     length = 200
     ids = random_ids(length)
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.25,), min_prompt_tokens=0))
+    lazyllm.patch(
+        model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.25,), min_prompt_tokens=0, revive_all_at=None)
+    )
     prefer = {"late": True}
     monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
     with torch.inference_mode():
@@ -98,7 +101,9 @@ def test_revival_resumes_from_the_aux_cache_once(monkeypatch):
     ids = random_ids(length)
     with torch.inference_mode():
         _, base_cache, _ = prefill(model, ids)
-    lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(keep,), min_prompt_tokens=0))
+    lazyllm.patch(
+        model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(keep,), min_prompt_tokens=0, revive_all_at=None)
+    )
     prefer = {"late": True}
     monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
     k = math.ceil(keep * length)

@@ -39,15 +39,19 @@ from lazyllm.bench.timing import StepClock, synchronize
 from lazyllm.spans import recording
 
 BASELINE = "baseline"
-# Revival policies compared, by label (LazyConfig fields); "paper" is the paper's behaviour (the default).
+# Revival policies compared, by label (LazyConfig fields). "paper" is the paper's behaviour (`revive_all_at=None`);
+# the others vary it, except "revive_all_at1", the library's default since the fourth rule (README).
 POLICIES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "beat_weakest": dict(revival="beat_weakest"),
-    "every8": dict(reselect_every=8),
-    "held": dict(decode_attend="held"),
-    "held+beat_weakest": dict(decode_attend="held", revival="beat_weakest"),
-    "static": dict(revive=False),
-    "revive_all_at1": dict(revive_all_at=1),
+    name: {"revive_all_at": None, **options}
+    for name, options in {
+        "paper": {},
+        "beat_weakest": dict(revival="beat_weakest"),
+        "every8": dict(reselect_every=8),
+        "held": dict(decode_attend="held"),
+        "held+beat_weakest": dict(decode_attend="held", revival="beat_weakest"),
+        "static": dict(revive=False),
+        "revive_all_at1": dict(revive_all_at=1),
+    }.items()
 }
 EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
 ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)

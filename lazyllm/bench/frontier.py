@@ -76,7 +76,8 @@ def candidate(scoring: str, schedule: str, num_layers: int) -> Candidate:
     """`schedule` is a preset name or "fraction:keep,..." with cut positions as shares of the depth."""
     if scoring not in SCORINGS:
         raise SystemExit(f"unknown scoring {scoring!r}: choose from {', '.join(SCORINGS)}")
-    options = dict(SCORINGS[scoring], min_prompt_tokens=0)
+    # Token scores decode with the paper's policy, as when the frontier's records were made; "paper+<policy>" vary it.
+    options = {"revive_all_at": None, **SCORINGS[scoring], "min_prompt_tokens": 0}
     if schedule in lazyllm.PRESETS:
         config = lazyllm.LazyConfig.preset(schedule, num_layers, **options)
     else:
