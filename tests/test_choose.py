@@ -100,11 +100,16 @@ def test_the_report_gives_each_length_task_cell_and_the_policy_verdict(tmp_path)
     )
     for row in rows:
         row.update(split="decode", seed=3, scoring=row["name"].split("@")[0], schedule="default")
+    # The rig's first records described the machine without date, CPU model or device.
+    versions = dict(torch="2.13.0", transformers="5.24.0")
+    rows[0]["machine"] = dict(processor="x86_64", cpu_count=2, torch_threads=2, versions=versions)
     path = tmp_path / "decode.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     text = report.render([path], tmp_path, "decode").read_text()
     assert "| paper+static@default | 0.80 [0.49-0.94] (10) |" in text, "its cell, with interval and n"
     assert "- Machine: cpu0, 2 cores, cpu, torch 2.13.0 (2 threads), transformers 5.24.0; 2026-11-30." in text
+    old_machine = "x86_64, 2 cores, device not recorded, torch 2.13.0 (2 threads), transformers 5.24.0"
+    assert f"- Machine: {old_machine}; date not recorded." in text
     assert "- Command: `lazyllm bench frontier --n 10`" in text
     assert "Decoding policies against paper@default, eligible with at most one answer lost" in text
     assert "| paper+static@default | 10 | 0.80 [0.49-0.94] | 2 | 0 |" in text
