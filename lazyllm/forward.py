@@ -225,8 +225,7 @@ def run_layers(
     step = state.stats.decode_steps  # 0 in prefill
     # After `revive_all_at` every layer holds every token: nothing is left to choose.
     revived_all = not prefill and config.revive_all_at is not None and step > config.revive_all_at
-    pruning_index = {} if revived_all else {layer: i for i, layer in enumerate(config.prune_layers)}
-    segment_starts = set(config.prune_layers)  # the layers of a segment hold the same entries, in the same order
+    segment_starts = set(config.prune_layers)
     with span("bookkeeping"):
         # Positions index the per-row tables below: the widest is 1 + the largest position (one host sync per call).
         state.width = max(state.width, int(tokens.positions.max()) + 1)
@@ -242,15 +241,15 @@ def run_layers(
     runtime.capturing = True
     try:
         for index, layer in enumerate(layers):
-            if index in pruning_index:
-                tokens, chosen, revived_here = cut_at(
-                    runtime, state, cache, layers, index, tokens, chosen, embeddings, reselects, prefill
-                )
-                revived.append(revived_here)
-                embeddings = PositionEmbeddings(runtime.adapter, base, tokens)
-                count = (tokens.positions >= 0).sum()
-            if index in segment_starts:  # also after `revive_all_at`: the entries' order still differs by segment
-                masks = {}
+            if index in segment_starts:
+                if not revived_all:
+                    tokens, chosen, revived_here = cut_at(
+                        runtime, state, cache, layers, index, tokens, chosen, embeddings, reselects, prefill
+                    )
+                    revived.append(revived_here)
+                    embeddings = PositionEmbeddings(runtime.adapter, base, tokens)
+                    count = (tokens.positions >= 0).sum()
+                masks = {}  # even without a cut: each segment holds its entries in an order of its own
             window = runtime.windows[index]
             if window not in masks:
                 with span("mask"):
