@@ -329,16 +329,20 @@ def fidelity_setup(fidelity: Sequence[Record]) -> list[str]:
     dates: dict[str, list[str]] = {}  # machine -> the dates of its records
     for record in fidelity:
         m = record["machine"]
-        versions = m.get("versions", m)  # the rig's first records kept versions apart, without date, CPU or device
-        machine = (
-            f"{m.get('cpu', m.get('processor'))}, {m.get('cores', m.get('cpu_count'))} cores, "
-            f"{m.get('device', 'device not recorded')}, torch {versions['torch']} ({m['torch_threads']} threads), "
-            f"transformers {versions['transformers']}"
-        )
-        dates.setdefault(machine, []).append(m["date"][:10] if "date" in m else "date not recorded")
+        dates.setdefault(machine_label(m), []).append(m["date"][:10] if "date" in m else "date not recorded")
     lines = [f"- Machine: {machine}; {' to '.join(sorted({min(d), max(d)}))}." for machine, d in dates.items()]
     commands = sorted({record["command"] for record in fidelity})
     return lines + [f"- Command: `{command}`" for command in commands]
+
+
+def machine_label(m: Record) -> str:
+    """CPU, cores, device, torch and transformers of a record's machine (`bench.machine.machine_info`)."""
+    versions = m.get("versions", m)  # the rig's first records kept versions apart, without date, CPU or device
+    return (
+        f"{m.get('cpu', m.get('processor'))}, {m.get('cores', m.get('cpu_count'))} cores, "
+        f"{m.get('device', 'device not recorded')}, torch {versions['torch']} ({m['torch_threads']} threads), "
+        f"transformers {versions['transformers']}"
+    )
 
 
 def agreement_cell(cell: Record | None) -> str:
