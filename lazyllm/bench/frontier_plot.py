@@ -33,8 +33,11 @@ def plot(records: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         # A saved config (named after its file) is one point: two files' schedules are not one line.
         known = cell["scoring"] in SCORINGS
         lines[cell["scoring"] if known else f"{cell['scoring']}@{cell['schedule']}"].append(cell)
+    most = max(c["n"] for points in lines.values() for c in points)
     figure, axis = plt.subplots(figsize=(8, 5.5))
     for index, (scoring, points) in enumerate(sorted(lines.items())):
+        fewest = min(c["n"] for c in points)
+        label = scoring if fewest == most else f"{scoring} (only {fewest} prompts)"  # a partial run says so
         points.sort(key=lambda c: c["prefill_token_fraction"])
         dodge = 0.024 * (index / max(len(lines) - 1, 1) - 0.5)
         x = [c["prefill_token_fraction"] + dodge for c in points]
@@ -43,7 +46,7 @@ def plot(records: Sequence[dict[str, Any]], path: Path, title: str) -> None:
             [c["agreement"] - c["agreement_ci"][0] for c in points],
             [c["agreement_ci"][1] - c["agreement"] for c in points],
         ]
-        axis.errorbar(x, y, yerr=errors, marker=MARKERS[index % len(MARKERS)], capsize=3, label=scoring, alpha=0.85)
+        axis.errorbar(x, y, yerr=errors, marker=MARKERS[index % len(MARKERS)], capsize=3, label=label, alpha=0.85)
     axis.plot([1.0], [1.0], marker="*", markersize=14, color="black", linestyle="none", label="baseline (unpruned)")
     axis.axhline(MIN_AGREEMENT, color="grey", linestyle="--", linewidth=1)
     axis.text(
