@@ -7,7 +7,7 @@ Every line is one JSON object with a `kind` and, for the rig's own records, the 
 - `accuracy`: one (sample, schedule) of sections 2-3
 - `kvpress`: section 4's status (ok, skipped, unavailable, failed) and its settings; `kvpress_row`: one (sample, press)
 - `run_end`: elapsed time, load after, what the budget dropped (last line; a run without it was interrupted)
-- `fidelity`: the frontier's records (`lazyllm.bench.frontier`), read by `lazyllm.bench.choose`
+- `fidelity`: the frontier's records (`lazybench.frontier`), read by `lazybench.choose`
 
 Files of several runs and machines (say a CPU and a GPU) can be concatenated or passed together.
 """

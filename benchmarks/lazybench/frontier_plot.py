@@ -2,7 +2,7 @@
 
 Rendered from the frontier's JSON lines alone:
 
-    python -m lazyllm.bench.frontier_plot benchmarks/results/frontier-select.jsonl --out frontier.png
+    python -m lazybench.frontier_plot benchmarks/results/frontier-select.jsonl --out frontier.png
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lazyllm.bench.choose import MIN_AGREEMENT, cells, read_records
-from lazyllm.bench.frontier import SCORINGS
+from lazybench.choose import MIN_AGREEMENT, cells, read_records
+from lazybench.frontier import SCORINGS
 
 MARKERS = "osD^vPX<>"  # 9 against 10 colours: no two lines share both; "*" is the baseline's
 
@@ -83,7 +83,7 @@ def describe(records: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lazyllm.bench.frontier_plot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lazybench.frontier_plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scorings", nargs="+", help="only these token scores (default: all)")

@@ -1,6 +1,6 @@
 """Decode breakdown: whole generations of the unpruned model and of each (schedule, revival policy), step by step.
 
-    python -m lazyllm.bench.decode --length 4096 --new-tokens 96 --schedules default balanced aggressive \\
+    python -m lazybench.decode --length 4096 --new-tokens 96 --schedules default balanced aggressive \\
         --policies paper beat_weakest --rounds 2 --out benchmarks/results/decode.jsonl
 
 Every configuration runs one greedy `generate()` per round (interleaved: baseline, A, B, ..., baseline, A, ...,
@@ -33,9 +33,9 @@ from transformers import LogitsProcessorList
 
 import lazyllm
 import lazyllm.models
-from lazyllm.bench.machine import machine_info
-from lazyllm.bench.tasks import build_samples, chat_prompt
-from lazyllm.bench.timing import StepClock, synchronize
+from lazybench.machine import machine_info
+from lazybench.tasks import build_samples, chat_prompt
+from lazybench.timing import StepClock, synchronize
 from lazyllm.spans import recording
 
 BASELINE = "baseline"
@@ -219,7 +219,7 @@ def apply(model: Any, config: Any) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lazyllm bench decode", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lazybench decode", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="a name or path lazyllm.models.load_model accepts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens (about)")
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompt_tokens=int(inputs["input_ids"].shape[1]),
         new_tokens=args.new_tokens,
         machine=machine_info(args.device),
-        command=" ".join(["python -m lazyllm.bench.decode", *(argv if argv is not None else sys.argv[1:])]),
+        command=" ".join(["python -m lazybench.decode", *(argv if argv is not None else sys.argv[1:])]),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[Generation]] = {name: [] for name in configs}

@@ -1,10 +1,12 @@
-"""`lazyllm bench` (and `python -m lazyllm.bench`): run a profile, or render a report from earlier records.
+"""`python -m lazybench` (or the `lazybench` script): run a profile, render a report, or run one of the rig's tools.
 
-    lazyllm bench --profile quick                   # ~10 min on 2 CPU cores: speed, accuracy, fidelity, kvpress
-    lazyllm bench --profile full                    # well under an hour on 2 CPU cores
-    lazyllm bench --profile smoke --no-kvpress      # < 60 s, tiny random model (the test suite runs it)
-    lazyllm bench report RESULTS.jsonl... [--out DIR]   # the markdown report and plots from records alone
-    lazyllm bench frontier ... / lazyllm bench choose RESULTS.jsonl   # the token scores' fidelity frontier
+    python -m lazybench --profile quick                   # ~10 min on 2 CPU cores: speed, accuracy, fidelity, kvpress
+    python -m lazybench --profile full                    # well under an hour on 2 CPU cores
+    python -m lazybench --profile smoke --no-kvpress      # < 60 s, tiny random model (the test suite runs it)
+    python -m lazybench report RESULTS.jsonl... [--out DIR]   # the markdown report and plots from records alone
+    python -m lazybench frontier ... / python -m lazybench choose RESULTS.jsonl   # the token scores' fidelity frontier
+    python -m lazybench decode ...                        # whole generations step by step; the other tools:
+    python -m lazybench prefill_decode|gemma3_ttft|ttft_shapes|schedule_sweep|calibration_prompts --help
 
 A run appends its records to `<out>/<profile>.jsonl` and then renders `<out>/<profile>.md` and its plots from that
 whole file (so earlier runs appended there are in the report too).
@@ -13,6 +15,7 @@ whole file (so earlier runs appended there are in the report too).
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -20,25 +23,36 @@ from pathlib import Path
 
 import torch
 
-from lazyllm.bench import choose, frontier, report
-from lazyllm.bench.profiles import PROFILES
+from lazybench.profiles import PROFILES
 
-SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "report": report.main,
-    "frontier": frontier.main,
-    "choose": choose.main,
-}
+# Subcommands: each is the module of that name, whose `main(argv)` runs it (also `python -m lazybench.<name>`).
+SUBCOMMANDS = (
+    "report",
+    "frontier",
+    "choose",
+    "decode",
+    "prefill_decode",
+    "gemma3_ttft",
+    "ttft_shapes",
+    "schedule_sweep",
+    "calibration_prompts",
+)
+
+
+def subcommand(name: str) -> Callable[[Sequence[str]], int]:
+    """The `main` of a subcommand's module (imported only when it runs)."""
+    return importlib.import_module(f"lazybench.{name}").main
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="lazyllm bench",
+        prog="python -m lazybench",
         description=(
             "LazyLLM benchmark rig: TTFT / decode speed vs prompt length, accuracy and fidelity on RULER-style tasks, "
             "rivals (random drop, static pruning, no revival) at matching budget, whole-generation speedup (paper's "
             "Table 2), and kvpress SnapKV / StreamingLLM at the same KV budget. Appends JSON-lines records to "
             "<out>/<profile>.jsonl and renders <out>/<profile>.md and its plots from them. Other commands: "
-            "`lazyllm bench report RESULTS...`, `lazyllm bench frontier ...`, `lazyllm bench choose RESULTS...`."
+            f"{', '.join(SUBCOMMANDS)} (`python -m lazybench COMMAND --help`)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -93,7 +107,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="RESULTS.jsonl",
         type=Path,
         default=None,
-        help="measure nothing: the same as `lazyllm bench report RESULTS.jsonl` (report next to the file)",
+        help="measure nothing: the same as `python -m lazybench report RESULTS.jsonl` (report next to the file)",
     )
     parser.add_argument("--skip-speed", action="store_true", help="skip section 1 (for debugging)")
     parser.add_argument("--skip-accuracy", action="store_true", help="skip sections 2-4 (for debugging)")
@@ -106,18 +120,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--budget-min must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
-    args.command = shlex.join(["lazyllm", "bench", *argv])
+    args.command = shlex.join(["python", "-m", "lazybench", *argv])
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
+        return int(subcommand(argv[0])(argv[1:]) or 0)
     args = parse_args(argv)
+    from lazybench import report
+
     if args.render:
         return report.main([str(args.render)])
-    from lazyllm.bench.run import measure
+    from lazybench.run import measure
 
     previous_threads = torch.get_num_threads()
     try:

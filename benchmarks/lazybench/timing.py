@@ -1,4 +1,4 @@
-"""Timing and memory helpers of the benchmark rig (`lazyllm.bench.speed`, `lazyllm.bench.accuracy`).
+"""Timing and memory helpers of the benchmark rig (`lazybench.speed`, `lazybench.accuracy`).
 
 Definitions used throughout the reports:
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lazyllm.bench import timing
-from lazyllm.bench.budget import Budget, Configs, CostModel, trim_speed_schedules
-from lazyllm.bench.profiles import BASELINE, Profile, apply, describe, last_stats, length_label
-from lazyllm.bench.prompts import timing_prompt
+from lazybench import timing
+from lazybench.budget import Budget, Configs, CostModel, trim_speed_schedules
+from lazybench.profiles import BASELINE, Profile, apply, describe, last_stats, length_label
+from lazybench.prompts import timing_prompt
 
 Inputs = dict[str, torch.Tensor]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lazyllm.bench.profiles import BASELINE, length_label
+from lazybench.profiles import BASELINE, length_label
 
 Record = dict[str, Any]
 

@@ -1,5 +1,5 @@
 """The report's plots, drawn from records alone: TTFT vs prompt length, decode time per step, the schedules'
-speedup-vs-fidelity frontier. (The token scores' frontier is `lazyllm.bench.frontier_plot`.)
+speedup-vs-fidelity frontier. (The token scores' frontier is `lazybench.frontier_plot`.)
 
 Every plot names the baseline, keeps one colour per schedule across panels and puts its legend outside the axes.
 """
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lazyllm.bench.default_rule import SPEEDUP_TARGETS
-from lazyllm.bench.profiles import BASELINE
+from lazybench.default_rule import SPEEDUP_TARGETS
+from lazybench.profiles import BASELINE
 from lazyllm.fidelity import wilson_interval
 
 Record = dict[str, Any]

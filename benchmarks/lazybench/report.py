@@ -1,8 +1,8 @@
-"""The markdown report and its plots, rendered from JSON-lines records alone (`lazyllm bench report RESULTS...`).
+"""The markdown report and its plots, rendered from JSON-lines records alone (`python -m lazybench report RESULTS...`).
 
 Runs of several files and machines are merged: each run's set-up and speed table are shown under its own heading;
 accuracy, fidelity and the rule pool every run's samples (each compared with its own run's baseline). Frontier
-records (`lazyllm.bench.frontier`) in the same files get their own section and plot (`choose`, `frontier_plot`).
+records (`lazybench.frontier`) in the same files get their own section and plot (`choose`, `frontier_plot`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lazyllm.bench import choose, frontier_plot, plots
-from lazyllm.bench.default_rule import BASELINE_WORKS, choose_default, frontier_points
-from lazyllm.bench.profiles import BASELINE, length_label
-from lazyllm.bench.records import Run, read, runs
-from lazyllm.bench.summary import accuracy_cells, fidelity_summary, generation_table, kvpress_summary
-from lazyllm.bench.tasks import TASKS
+from lazybench import choose, frontier_plot, plots
+from lazybench.default_rule import BASELINE_WORKS, choose_default, frontier_points
+from lazybench.profiles import BASELINE, length_label
+from lazybench.records import Run, read, runs
+from lazybench.summary import accuracy_cells, fidelity_summary, generation_table, kvpress_summary
+from lazybench.tasks import TASKS
 
 Record = dict[str, Any]
 ENOUGH_SAMPLES = 24  # per accuracy cell; fewer makes the report a quick run
@@ -310,7 +310,7 @@ def token_score_section(fidelity: Sequence[Record], plot_name: str) -> list[str]
     else:  # the rule reads the selection prompts only; on held-apart prompts "passes" is a check, not a choice
         verdict = "Held-apart prompts: 'passes' checks the rule here; the default is chosen on the selection split."
     return [
-        "## Fidelity frontier of the token scores (`lazyllm bench frontier`)",
+        "## Fidelity frontier of the token scores (`python -m lazybench frontier`)",
         "",
         frontier_plot.describe(fidelity).replace("\n", "; ") + f". Plot: `{plot_name}`.",
         "",
@@ -375,7 +375,7 @@ def render(paths: Sequence[Path], out: Path, name: str) -> Path:
     accuracy = [r for run in all_runs for r in run.accuracy]
     timed = [run for run in all_runs if run.speed]
     lines = ["# LazyLLM benchmark report", "", *quick_note(accuracy)]
-    lines += [f"Rendered by `lazyllm bench report` from {', '.join(p.name for p in paths)}.", ""]
+    lines += [f"Rendered by `python -m lazybench report` from {', '.join(p.name for p in paths)}.", ""]
     lines += ["## Runs", ""] if all_runs else []
     for run in all_runs:
         lines += [*setup_section(run), ""]
@@ -405,8 +405,8 @@ def render(paths: Sequence[Path], out: Path, name: str) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lazyllm bench report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, nargs="+", help="JSON-lines files of `lazyllm bench` or its frontier")
+    parser = argparse.ArgumentParser(prog="python -m lazybench report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, nargs="+", help="JSON-lines files of `python -m lazybench` or its frontier")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first file's folder)")
     parser.add_argument("--name", default=None, help="report name: <name>.md, <name>_*.png (default: the file's stem)")
     return parser.parse_args(argv)
@@ -419,3 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = render(args.results, out, name)
     print(f"bench report: wrote {path} and its plots")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,17 +1,17 @@
 """Fidelity cells with intervals, and the rule that picks the default from the frontier records.
 
-Reads the JSON lines of `lazyllm.bench.frontier` only. The rule (README, "Choosing the default token score and
+Reads the JSON lines of `lazybench.frontier` only. The rule (README, "Choosing the default token score and
 schedule"): the candidate with the lowest prefill token fraction whose pooled whole-answer agreement with the
 unpruned model is >= 0.90 and whose pooled accuracy, over the tasks where the baseline scores >= 0.20, is at most
 0.02 below the baseline's; equal fractions go to the higher agreement.
 
-    python -m lazyllm.bench.choose benchmarks/results/frontier-select.jsonl
+    python -m lazybench.choose benchmarks/results/frontier-select.jsonl
 
 With `--against NAME`, the rule for decoding policies (README, "Second rule for the default decoding policy"): a
 candidate is eligible when it loses at most one whole answer that NAME keeps (prompt by prompt) and its mean token F1
 against the unpruned model is at most 0.02 below NAME's.
 
-    python -m lazyllm.bench.choose benchmarks/results/frontier-decode.jsonl --against paper@default
+    python -m lazybench.choose benchmarks/results/frontier-decode.jsonl --against paper@default
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lazyllm.bench.choose", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lazybench.choose", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="frontier JSON-lines files")
     parser.add_argument("--against", metavar="NAME", help="judge decoding policies against this candidate")
     parser.add_argument("--net", action="store_true", help="with --against: the fourth rule (no net answer lost)")

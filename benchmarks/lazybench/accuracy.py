@@ -3,7 +3,7 @@
 Per sample, the baseline answers first, then every schedule (interleaved per sample, so drifts of the machine hit
 all alike). One record per (sample, schedule): the answer and its score, its agreement with the baseline's answer and
 first-token distribution (fidelity needs no gold), wall times and the pruning stats. The tables (accuracy cells,
-fidelity, the paper's Table 2) are computed from these records by `lazyllm.bench.summary`.
+fidelity, the paper's Table 2) are computed from these records by `lazybench.summary`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lazyllm.bench import timing
-from lazyllm.bench.budget import Configs, Plan
-from lazyllm.bench.profiles import BASELINE, Profile, apply, last_stats, length_label
-from lazyllm.bench.prompts import encode, make_samples
-from lazyllm.bench.tasks import Sample, chat_prompt, score
+from lazybench import timing
+from lazybench.budget import Configs, Plan
+from lazybench.profiles import BASELINE, Profile, apply, last_stats, length_label
+from lazybench.prompts import encode, make_samples
+from lazybench.tasks import Sample, chat_prompt, score
 
 
 def first_token_figures(reference: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lazyllm
-from lazyllm.bench import frontier
-from lazyllm.bench.prompts import fake_samples, tiny_model_and_tokenizer
+from lazybench import frontier
+from lazybench.prompts import fake_samples, tiny_model_and_tokenizer
 from lazyllm.config import ConfigError
 
 WHERE = dict(kind="fidelity", model="tiny", split="select", seed=1, sample=0)

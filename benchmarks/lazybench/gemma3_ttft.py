@@ -4,8 +4,8 @@ For each length, each needle prompt runs the baseline and every preset in turn (
 all alike); TTFT is the time from the call to the first generated token, and `cpu_s` the process CPU time spent by
 then (on a shared host it tracks the work done better than the wall clock). One JSON line per run.
 
-    python benchmarks/gemma3_ttft.py --lengths 4096 8192 --out benchmarks/results/gemma3-ttft.jsonl
-    python benchmarks/gemma3_ttft.py --render benchmarks/results/gemma3-ttft.jsonl   # the markdown table
+    python -m lazybench.gemma3_ttft --lengths 4096 8192 --out benchmarks/results/gemma3-ttft.jsonl
+    python -m lazybench.gemma3_ttft --render benchmarks/results/gemma3-ttft.jsonl   # the markdown table
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 
 import lazyllm
-from lazyllm.bench.tasks import build_samples, score
+from lazybench.tasks import build_samples, score
 from lazyllm.fidelity import wilson_interval
 from lazyllm.models import load_model
 
@@ -87,7 +88,7 @@ def render(path: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--task", default="niah_single")
@@ -95,10 +96,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=12)
     parser.add_argument("--out")
     parser.add_argument("--render", metavar="RESULTS.jsonl", help="print the table of earlier records, measure nothing")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.render:
         print(render(args.render))
-        return
+        return 0
     if not args.out:
         parser.error("--out is required to measure")
     torch.manual_seed(0)
@@ -129,7 +130,7 @@ def main() -> None:
                     print(json.dumps(record), flush=True)
                     out.write(json.dumps(record) + "\n")
                     out.flush()
-
+    return 0
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

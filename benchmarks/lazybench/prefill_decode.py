@@ -1,6 +1,6 @@
 """Answers: how much sooner is the first token, and how much slower each decoding step, under each preset (SmolLM2)?
 
-    python benchmarks/prefill_decode.py --lengths 2048 4096 8160 --schedules default aggressive --repeats 3
+    python -m lazybench.prefill_decode --lengths 2048 4096 8160 --schedules default aggressive --repeats 3
 
 Interleaved rounds (baseline, schedule A, schedule B, baseline, ...) after one warm-up round; each call is a greedy
 `generate()` of `--decode-tokens` tokens: TTFT is the time to the first token's logits, decode ms/token the rest
@@ -12,25 +12,25 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import transformers
 
 import lazyllm
-from lazyllm.bench import timing
-from lazyllm.bench.profiles import BASELINE, apply, describe
-from lazyllm.bench.prompts import timing_prompt
+from lazybench import timing
+from lazybench.profiles import BASELINE, apply, describe
+from lazybench.prompts import timing_prompt
 from lazyllm.models import load_smollm2
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8160])
     parser.add_argument("--schedules", nargs="+", default=["default", "aggressive"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-tokens", type=int, default=16)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model, tokenizer = load_smollm2(progress=False)
     layers = model.config.num_hidden_layers
@@ -71,7 +71,7 @@ def main() -> None:
                 f"| {fractions[name]:.3f} | {decode['median']:.1f} [{decode['min']:.1f}-{decode['max']:.1f}] |",
                 flush=True,
             )
-
+    return 0
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 import json
 
-from lazyllm.bench.choose import candidates_table, choose, policy_table, read_records
+from lazybench.choose import candidates_table, choose, policy_table, read_records
 
 MACHINE = dict(
     cpu="cpu0", cores=2, device="cpu", torch="2.13.0", torch_threads=2, transformers="5.24.0", date="2026-11-30T12:00"
@@ -26,7 +26,7 @@ def records(name, fraction, agree, correct, baseline_correct=(1, 1, 1, 1, 1, 1, 
             baseline_correct=b,
             prefill_token_fraction=fraction,
             machine=MACHINE,
-            command="lazyllm bench frontier --n 10",
+            command="python -m lazybench frontier --n 10",
         )
         for i, (a, c, b) in enumerate(zip(agree, correct, baseline_correct))
     ]
@@ -91,7 +91,7 @@ def test_a_decoding_policy_is_judged_prompt_by_prompt_against_the_reference_poli
 
 
 def test_the_report_gives_each_length_task_cell_and_the_policy_verdict(tmp_path):
-    from lazyllm.bench import report
+    from lazybench import report
 
     rows = (
         BASELINE
@@ -110,6 +110,6 @@ def test_the_report_gives_each_length_task_cell_and_the_policy_verdict(tmp_path)
     assert "- Machine: cpu0, 2 cores, cpu, torch 2.13.0 (2 threads), transformers 5.24.0; 2026-11-30." in text
     old_machine = "x86_64, 2 cores, device not recorded, torch 2.13.0 (2 threads), transformers 5.24.0"
     assert f"- Machine: {old_machine}; date not recorded." in text
-    assert "- Command: `lazyllm bench frontier --n 10`" in text
+    assert "- Command: `python -m lazybench frontier --n 10`" in text
     assert "Decoding policies against paper@default, eligible with at most one answer lost" in text
     assert "| paper+static@default | 10 | 0.80 [0.49-0.94] | 2 | 0 |" in text

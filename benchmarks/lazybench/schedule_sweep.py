@@ -1,6 +1,6 @@
 """Answers: which of many schedules keep SmolLM2's first answer token (argmax, KL, top-5) on RULER-style prompts?
 
-    python benchmarks/schedule_sweep.py --length 1024 --out benchmarks/results/schedule_sweep_1k.md
+    python -m lazybench.schedule_sweep --length 1024 --out benchmarks/results/schedule_sweep_1k.md
 
 For every schedule: share of samples whose first answer token (after RULER's answer prefix, so it is the retrieved
 value itself) equals the baseline's argmax, KL(baseline || pruned) and top-5 overlap of that token's distribution,
@@ -10,13 +10,14 @@ and the prefill token fraction. 4 tasks x 3 depths x 2 samples = 24 prompts. Qua
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 import lazyllm
-from lazyllm.bench.accuracy import first_token_figures
-from lazyllm.bench.tasks import TASKS, build_samples, chat_prompt
+from lazybench.accuracy import first_token_figures
+from lazybench.tasks import TASKS, build_samples, chat_prompt
 from lazyllm.models import load_smollm2
 
 SCHEDULES = (
@@ -25,12 +26,12 @@ SCHEDULES = (
 )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=1024, help="prompt length in tokens")
     parser.add_argument("--schedules", default=SCHEDULES, help="';'-separated schedules ('layer:keep,...' or presets)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/schedule_sweep_1k.md"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model, tokenizer = load_smollm2(progress=False)
     samples = [
@@ -61,13 +62,13 @@ def main() -> None:
     header = [
         f"# First-token fidelity sweep, SmolLM2-135M-Instruct fp32, {len(prompts)} RULER-style prompts of ~{args.length} tokens",
         "",
-        f"Command: `python benchmarks/schedule_sweep.py --length {args.length}`; torch {torch.__version__}, CPU.",
+        f"Command: `python -m lazybench.schedule_sweep --length {args.length}`; torch {torch.__version__}, CPU.",
         "",
         "| schedule | prefill token fraction | first-token agreement | KL mean | KL max | top-5 overlap |",
         "|---|---|---|---|---|---|",
     ]
     args.out.write_text("\n".join(header + rows) + "\n")
-
+    return 0
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,7 +5,7 @@ every accuracy sample, and accuracy no more than 1 point below the baseline in e
 baseline is clearly above chance (>= 20%) -- choose the one with the best median TTFT speedup at 4k (the longest
 timed length when 4k was not timed), and say whether the targets (>= 2.5x at 4k, >= 3x at 8k) were reached.
 
-The fidelity frontier's rule, on whole answers of token-score variants, is `lazyllm.bench.choose`.
+The fidelity frontier's rule, on whole answers of token-score variants, is `lazybench.choose`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lazyllm.bench.profiles import ALL_SCHEDULES, BASELINE, length_label
-from lazyllm.bench.summary import accuracy_cells, fidelity_summary, mean
+from lazybench.profiles import ALL_SCHEDULES, BASELINE, length_label
+from lazybench.summary import accuracy_cells, fidelity_summary, mean
 
 ACCURACY_TOLERANCE = 0.01  # "within 1 point" of the baseline, accuracy on a 0..1 scale
 BASELINE_WORKS = 0.20  # cells where the baseline scores at least this are judged

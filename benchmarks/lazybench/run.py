@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lazyllm.bench.accuracy import measure_accuracy
-from lazyllm.bench.budget import Budget, Configs, CostModel, accuracy_plan, fit_plan
-from lazyllm.bench.machine import load_average, machine_info, pick_threads
-from lazyllm.bench.profiles import BASELINE, PROFILES, RIVAL_NOTES, Profile, build_configs, describe, token_fraction
-from lazyllm.bench.prompts import load
-from lazyllm.bench.records import RunLog
-from lazyllm.bench.rivals import run_kvpress
-from lazyllm.bench.speed import measure_speed
-from lazyllm.bench.summary import mean
+from lazybench.accuracy import measure_accuracy
+from lazybench.budget import Budget, Configs, CostModel, accuracy_plan, fit_plan
+from lazybench.machine import load_average, machine_info, pick_threads
+from lazybench.profiles import BASELINE, PROFILES, RIVAL_NOTES, Profile, build_configs, describe, token_fraction
+from lazybench.prompts import load
+from lazybench.records import RunLog
+from lazybench.rivals import run_kvpress
+from lazybench.speed import measure_speed
+from lazybench.summary import mean
 from lazyllm.config import LazyConfig
 
 
@@ -149,7 +149,7 @@ def measure(args: argparse.Namespace) -> Path:
     return log.path
 
 
-if __name__ == "__main__":  # `python -m lazyllm.bench.run ...`, as before: the same as `lazyllm bench ...`
-    from lazyllm.bench.cli import main
+if __name__ == "__main__":  # `python -m lazybench.run ...`, as before: the same as `python -m lazybench ...`
+    from lazybench.cli import main
 
     raise SystemExit(main())

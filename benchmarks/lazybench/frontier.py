@@ -4,9 +4,9 @@ For every prompt the unpruned model answers first (greedy, whole answer); then e
 the same prompt, and one JSON line per (prompt, candidate) records the answer, whether it equals the baseline's
 (`agree`), its token F1 against it, its task score and its prefill token fraction. The file is appended to as
 results come and a re-run skips what it already holds, so a long sweep can run in the background and survive an
-interruption. `lazyllm bench report` renders the records (tables with intervals, the frontier plot).
+interruption. `python -m lazybench report` renders the records (tables with intervals, the frontier plot).
 
-    python -m lazyllm.bench.frontier --split select --lengths 2048 --n 8 --scorings paper window32+pool7 \\
+    python -m lazybench.frontier --split select --lengths 2048 --n 8 --scorings paper window32+pool7 \\
         --schedules aggressive balanced --out benchmarks/results/frontier-select.jsonl
 """
 
@@ -26,10 +26,10 @@ import torch
 
 import lazyllm
 import lazyllm.models
-from lazyllm.bench.decode import POLICIES
-from lazyllm.bench.machine import machine_info
-from lazyllm.bench.tasks import TASKS, Sample, build_samples, chat_prompt, score
-from lazyllm.bench.timing import StepClock
+from lazybench.decode import POLICIES
+from lazybench.machine import machine_info
+from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt, score
+from lazybench.timing import StepClock
 from lazyllm.fidelity import answers_agree, token_f1
 
 # Token scores compared on the frontier, by label (LazyConfig fields). "paper" is the paper's last-token score.
@@ -240,7 +240,7 @@ def run_prompt(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lazyllm bench frontier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lazybench frontier", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="a name or path lazyllm.models.load_model accepts")
     parser.add_argument(
         "--split",
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=seed,
         n=args.n,
         machine=machine_info(str(model.device)),
-        command=" ".join(["lazyllm bench frontier", *(argv if argv is not None else sys.argv[1:])]),
+        command=" ".join(["python -m lazybench frontier", *(argv if argv is not None else sys.argv[1:])]),
     )
     check_same_prompts(records, where, args.lengths)
     start = time.perf_counter()

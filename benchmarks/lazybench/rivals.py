@@ -1,9 +1,9 @@
 """Section 4 of a run: NVIDIA kvpress (SnapKV, StreamingLLM) at LazyLLM's KV budget, on the same token ids.
 
 kvpress pins `transformers<5.3`, so it runs in its own virtualenv (`benchmarks/.kvpress-venv`, created on first use
-with this process's exact torch build) through `lazyllm/bench/kvpress_runner.py`, which receives the samples as a
+with this process's exact torch build) through `benchmarks/lazybench/kvpress_runner.py`, which receives the samples as a
 JSON file. The other rivals (random drop, static pruning, no revival) are LazyLLM configurations
-(`lazyllm.bench.profiles.build_configs`) and run in the accuracy section.
+(`lazybench.profiles.build_configs`) and run in the accuracy section.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lazyllm.bench.profiles import BASELINE, Profile, length_label
-from lazyllm.bench.tasks import score
+from lazybench.profiles import BASELINE, Profile, length_label
+from lazybench.tasks import score
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KVPRESS_VENV = REPO_ROOT / "benchmarks" / ".kvpress-venv"

@@ -1,9 +1,9 @@
 """Answers: how much sooner is the first token on real model shapes (random weights: timing depends on shapes only)?
 
-    python benchmarks/ttft_shapes.py --device cuda --shapes llama2-7b --lengths 2048 4096 8192 --repeats 5
+    python -m lazybench.ttft_shapes --device cuda --shapes llama2-7b --lengths 2048 4096 8192 --repeats 5
 
 Prints a markdown table (median and min-max of interleaved runs after a warm-up) and writes JSON next to it.
-Quality is not measured here (weights are random): see `lazyllm bench` for accuracy and fidelity.
+Quality is not measured here (weights are random): see `python -m lazybench` for accuracy and fidelity.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -77,7 +78,7 @@ def decode_ms_per_token(model: LlamaForCausalLM, ids: torch.Tensor, tokens: int 
     return (time.perf_counter() - start - timed(model, ids)) / (tokens - 1) * 1000
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decode-tokens", type=int, default=32, help="0 skips the decode measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ttft_shapes.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     rows = []
@@ -150,7 +151,7 @@ def main() -> None:
         date=time.strftime("%Y-%m-%d"),
     )
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-
+    return 0
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

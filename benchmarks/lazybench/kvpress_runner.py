@@ -1,9 +1,9 @@
 """Run NVIDIA kvpress presses on the benchmark's samples, inside kvpress's own virtualenv.
 
-kvpress pins `transformers<5.3`, so it cannot share lazyllm's environment (Transformers 5.23). `lazyllm.bench.rivals`
+kvpress pins `transformers<5.3`, so it cannot share lazyllm's environment (Transformers 5.23). `lazybench.rivals`
 creates `benchmarks/.kvpress-venv`, writes the samples as token ids to a JSON file and calls::
 
-    benchmarks/.kvpress-venv/bin/python lazyllm/bench/kvpress_runner.py request.json response.json
+    benchmarks/.kvpress-venv/bin/python benchmarks/lazybench/kvpress_runner.py request.json response.json
 
 This file imports only the standard library, torch, transformers and kvpress (never `lazyllm`), so it runs in that
 venv as a plain script.

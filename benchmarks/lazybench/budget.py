@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from lazyllm.bench import timing
-from lazyllm.bench.profiles import BASELINE, Profile, analytic_kept, length_label
-from lazyllm.bench.tasks import TASKS
+from lazybench import timing
+from lazybench.profiles import BASELINE, Profile, analytic_kept, length_label
+from lazybench.tasks import TASKS
 from lazyllm.config import LazyConfig
 
 Configs = dict[str, LazyConfig | None]

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from lazyllm.bench.budget import Plan
-from lazyllm.bench.profiles import Profile
-from lazyllm.bench.tasks import TASKS, Sample, build_samples, chat_prompt
+from lazybench.budget import Plan
+from lazybench.profiles import Profile
+from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt
 
 _TINY_WORDS = 480
 MODEL_NAMES = {
@@ -118,7 +118,7 @@ def timing_prompt(
     wheel is there, else a needle sample, else random token ids (the tiny model always takes those)."""
     if not tiny:
         try:
-            from lazyllm.bench.tasks import long_document_question
+            from lazybench.tasks import long_document_question
 
             text, _ = long_document_question(tokenizer, length, seed=seed)
             return encode(tokenizer, chat_prompt(tokenizer, text), device), "long_document_question"
