@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 torch.set_num_threads(2)
 
-REAL_MODEL_FILES = ("test_models.py", "test_tasks.py")  # the packaged SmolLM2 and its tokenizer throughout
+REAL_MODEL_FILES = ("test_models.py",)  # the packaged SmolLM2 throughout (the marker is declared in pyproject.toml)
 # CI sets LAZYLLM_REQUIRE_DATA=1: a missing data package or optional dependency then fails the test, so that a
 # broken install cannot pass as a run of skips.
 REQUIRE_DATA = os.environ.get("LAZYLLM_REQUIRE_DATA") == "1"
@@ -32,10 +32,6 @@ def need(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as error:
         missing(f"needs {module}: {error}")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "real_model: needs the packaged SmolLM2 (its GGUF conversion and tokenizer)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -88,7 +84,8 @@ def smollm2():
 @pytest.fixture(scope="session")
 def long_prompt_ids(smollm2):
     """A >= 2,000-token chat prompt over real text (SQuAD paragraph among essays) and its expected answer."""
-    from lazyllm.bench.tasks import chat_prompt, long_document_question
+    from lazyllm.documents import long_document_question
+    from lazyllm.generation import chat_prompt
 
     _, tokenizer = smollm2
     text, answer = long_document_question(tokenizer, length=2100)
