@@ -1,8 +1,8 @@
 """Sections 2 and 3 of a run: greedy answers on the RULER-style tasks under the baseline and each schedule.
 
 Per sample, the baseline answers first, then every schedule (interleaved per sample, so drifts of the machine hit
-all alike). One record per (sample, schedule): the answer and its score, its agreement with the baseline's answer and
-first-token distribution (fidelity needs no gold), wall times and the pruning stats. The tables (accuracy cells,
+all alike). One record per (sample, schedule): the answer and its score, whether it is the baseline's whole answer
+(fidelity needs no gold), wall times and the pruning stats. The tables (accuracy cells,
 fidelity, the paper's Table 2) are computed from these records by `lazybench.summary`.
 """
 
@@ -16,34 +16,19 @@ from tqdm.auto import tqdm
 from lazybench import timing
 from lazybench.budget import Configs, Plan
 from lazybench.profiles import BASELINE, Profile, apply, last_stats, length_label
-from lazybench.prompts import encode, make_samples
+from lazybench.prompts import make_samples
 from lazybench.tasks import Sample, chat_prompt, score
-
-
-def first_token_figures(reference: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
-    """KL(reference || this) of the first-token distributions [vocab], top-5 overlap and argmax agreement."""
-    p = reference.double().log_softmax(-1)
-    q = logits.double().log_softmax(-1)
-    kl = float((p.exp() * (p - q)).sum().clamp(min=0.0))
-    top_p = set(p.topk(5).indices.tolist())
-    top_q = set(q.topk(5).indices.tolist())
-    return {
-        "first_kl": kl,
-        "first_top5_overlap": len(top_p & top_q) / 5,
-        "first_token_agree": bool(int(p.argmax()) == int(q.argmax())),
-    }
+from lazyllm.fidelity import answers_agree
+from lazyllm.generation import encode, model_inputs
 
 
 def answer(
     model: torch.nn.Module, tokenizer: Any, inputs: dict[str, torch.Tensor], max_new_tokens: int, device: str
-) -> tuple[str, torch.Tensor, timing.GenerationTiming]:
-    """The greedy answer, the first token's logits [vocab] and the timing of one `generate()` call."""
-    result = timing.timed_generate(
-        model, inputs, max_new_tokens, device, output_logits=True, return_dict_in_generate=True
-    )
-    new_ids = result.output.sequences[0, inputs["input_ids"].shape[1] :]
-    text = tokenizer.decode(new_ids, skip_special_tokens=True)
-    return text, result.output.logits[0][0].float().cpu(), result
+) -> tuple[str, timing.GenerationTiming]:
+    """The whole greedy answer and the timing of one `generate()` call."""
+    result = timing.timed_generate(model, inputs, max_new_tokens, device)
+    new_ids = result.output[0, inputs["input_ids"].shape[1] :]
+    return tokenizer.decode(new_ids, skip_special_tokens=True), result
 
 
 def stats_fields(stats: dict[str, Any] | None, new_tokens: int) -> dict[str, Any]:
@@ -77,14 +62,14 @@ def run_sample(
     device: str,
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """The records of one sample under the baseline and `schedules`, and its token ids (for kvpress)."""
-    inputs = encode(tokenizer, chat_prompt(tokenizer, sample, answer_prefix=True), device)
+    inputs = model_inputs(encode(tokenizer, chat_prompt(tokenizer, sample, answer_prefix=True)), device)
     tokens = int(inputs["input_ids"].shape[1])
     records = []
     for name in (BASELINE, *schedules):
         apply(model, configs[name])
-        text, logits, result = answer(model, tokenizer, inputs, max_new_tokens, device)
+        text, result = answer(model, tokenizer, inputs, max_new_tokens, device)
         if name == BASELINE:
-            reference_logits, reference_answer = logits, text
+            reference_answer = text
         records.append(
             {
                 "task": sample.task,
@@ -96,8 +81,7 @@ def run_sample(
                 "answer": text,
                 "gold": list(sample.answers),
                 "score": score(text, sample),
-                "answer_agree": text.strip() == reference_answer.strip(),
-                **first_token_figures(reference_logits, logits),
+                "answer_agree": answers_agree(text, reference_answer),
                 "ttft_s": result.ttft_s,
                 "total_s": result.total_s,
                 "new_tokens": result.new_tokens,

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from lazybench import timing
-from lazybench.profiles import BASELINE, Profile, analytic_kept, length_label
+from lazybench.profiles import BASELINE, Profile, length_label
 from lazybench.tasks import TASKS
 from lazyllm.config import LazyConfig
 
@@ -78,10 +77,14 @@ class CostModel:
         return c2 * tokens**2 / total if total > 0 else 0.0
 
     def factor(self, config: LazyConfig | None, tokens: int) -> float:
-        if config is None:
+        """The share of the unpruned TTFT that `config` costs: its compute bound `(1-a)·f + a·f2` (f the prefill
+        token fraction, f2 that of the squared keep ratios: the attention part), plus 10% overhead."""
+        if config is None or tokens < config.min_prompt_tokens:
             return 1.0
-        kept = analytic_kept(config, self.num_layers, tokens)
-        return min(1.1 * timing.compute_bound(kept, tokens, self.share(tokens)) + 0.02, 1.1)
+        squares = LazyConfig(config.prune_layers, tuple(r * r for r in config.keep_ratios))
+        share = self.share(tokens)
+        bound = (1 - share) * config.prefill_fraction(self.num_layers) + share * squares.prefill_fraction(self.num_layers)
+        return min(1.1 * bound + 0.02, 1.1)
 
     def generation(self, config: LazyConfig | None, tokens: int, new_tokens: int) -> float:
         return self.ttft(tokens) * self.factor(config, tokens) + max(new_tokens - 1, 0) * self.decode_s(config, tokens)

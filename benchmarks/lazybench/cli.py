@@ -44,7 +44,8 @@ def subcommand(name: str) -> Callable[[Sequence[str]], int]:
     return importlib.import_module(f"lazybench.{name}").main
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of a profile run (what to run, on what, where); `add_run_options` adds how."""
     parser = argparse.ArgumentParser(
         prog="python -m lazybench",
         description=(
@@ -79,6 +80,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "with --model gemma3)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
+    add_run_options(parser)
+    return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="benchmarks/results", help="output directory")
     parser.add_argument("--no-kvpress", action="store_true", help="skip the kvpress comparison (and its virtualenv)")
     parser.add_argument(
@@ -111,6 +117,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--skip-speed", action="store_true", help="skip section 1 (for debugging)")
     parser.add_argument("--skip-accuracy", action="store_true", help="skip sections 2-4 (for debugging)")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
         parser.error(f"--threads must be a positive number or 'auto', not {args.threads!r}")

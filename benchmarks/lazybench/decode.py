@@ -1,7 +1,7 @@
 """Decode breakdown: whole generations of the unpruned model and of each (schedule, revival policy), step by step.
 
     python -m lazybench.decode --length 4096 --new-tokens 96 --schedules default balanced aggressive \\
-        --policies paper beat_weakest --rounds 2 --out benchmarks/results/decode.jsonl
+        --policies paper revive_all_at1 --rounds 2 --out benchmarks/results/decode.jsonl
 
 Every configuration runs one greedy `generate()` per round (interleaved: baseline, A, B, ..., baseline, A, ...,
 after one warm-up round), always to `--new-tokens` tokens. A logits processor stamps the clock at every step, so
@@ -34,24 +34,19 @@ from transformers import LogitsProcessorList
 import lazyllm
 import lazyllm.models
 from lazybench.machine import machine_info
+from lazybench.profiles import BASELINE, apply
 from lazybench.tasks import build_samples, chat_prompt
-from lazybench.timing import StepClock, synchronize
+from lazybench.timing import StepClock, synchronize, timed_generate
+from lazyllm.generation import encode, greedy, model_inputs
 from lazyllm.spans import recording
 
-BASELINE = "baseline"
-# Revival policies compared, by label (LazyConfig fields). "paper" is the paper's behaviour (`revive_all_at=None`);
-# the others vary it, except "revive_all_at1", the library's default since the fourth rule (README).
+# Revival policies compared, by label (LazyConfig fields): the paper's (`revive_all_at=None`), static pruning and the
+# library's default since the fourth rule (docs/DECISIONS.md). Records of the policies retired in 0.2 (beat_weakest,
+# every8, held, held+beat_weakest) stay in benchmarks/results as data.
 POLICIES: dict[str, dict[str, Any]] = {
-    name: {"revive_all_at": None, **options}
-    for name, options in {
-        "paper": {},
-        "beat_weakest": dict(revival="beat_weakest"),
-        "every8": dict(reselect_every=8),
-        "held": dict(decode_attend="held"),
-        "held+beat_weakest": dict(decode_attend="held", revival="beat_weakest"),
-        "static": dict(revive=False),
-        "revive_all_at1": dict(revive_all_at=1),
-    }.items()
+    "paper": dict(revive_all_at=None),
+    "static": dict(revive=False, revive_all_at=None),
+    "revive_all_at1": dict(revive_all_at=1),
 }
 EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
 ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)
@@ -72,23 +67,10 @@ class Generation:
 
 
 def timed_generation(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, device: str) -> Generation:
-    clock = StepClock(device)
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(
-            **inputs,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            logits_processor=LogitsProcessorList([clock]),
-        )
-    synchronize(device)
-    end = time.perf_counter()
-    stamps = clock.stamps
-    steps = [1000.0 * (b - a) for a, b in zip(stamps, stamps[1:])]
+    """One greedy generation of exactly `new_tokens` tokens, timed step by step, with lazyllm's stats."""
+    timed = timed_generate(model, inputs, new_tokens, device, force_length=True)
     stats = lazyllm.stats(model).as_dict() if lazyllm.is_patched(model) else None
-    return Generation(stamps[0] - start, steps, end - start, stats)
+    return Generation(timed.ttft_s, timed.step_ms, timed.total_s, stats)
 
 
 class RangeTimer:
@@ -122,12 +104,13 @@ def breakdown(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, devi
         return scores
 
     clock = StepClock(device)
-    with recording(timer), torch.inference_mode():
-        model.generate(
-            **inputs,
-            max_new_tokens=new_tokens,
+    with recording(timer):
+        greedy(
+            model,
+            inputs["input_ids"],
+            inputs.get("attention_mask"),
+            new_tokens,
             min_new_tokens=new_tokens,
-            do_sample=False,
             logits_processor=LogitsProcessorList([clock, start_counting]),
         )
     steps = new_tokens - 1
@@ -153,8 +136,7 @@ def configurations(schedules: Sequence[str], policies: Sequence[str], num_layers
 def prompt_inputs(tokenizer: Any, length: int, device: str) -> dict[str, torch.Tensor]:
     """A RULER needle-in-a-haystack prompt (Paul Graham essays) of about `length` tokens."""
     sample = build_samples("niah_single", tokenizer, length, depths=(0.5,), seed=0)[0]
-    text = chat_prompt(tokenizer, sample, answer_prefix=True)
-    return {key: value.to(device) for key, value in tokenizer(text, return_tensors="pt").items()}
+    return model_inputs(encode(tokenizer, chat_prompt(tokenizer, sample, answer_prefix=True)), device)
 
 
 def median(values: Sequence[float]) -> float:
@@ -209,13 +191,6 @@ def breakdown_table(parts: dict[str, dict[str, float]]) -> str:
     for name, part in parts.items():
         lines.append(f"| {name} | " + " | ".join(f"{part.get(c, 0.0):.1f}" for c in columns) + " |")
     return "\n".join(lines)
-
-
-def apply(model: Any, config: Any) -> None:
-    if config is None:
-        lazyllm.unpatch(model)
-    else:
-        lazyllm.patch(model, config)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -31,26 +31,34 @@ from lazybench.machine import machine_info
 from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt, score
 from lazybench.timing import StepClock
 from lazyllm.fidelity import answers_agree, token_f1
+from lazyllm.generation import encode, greedy
 
 # Token scores compared on the frontier, by label (LazyConfig fields). "paper" is the paper's last-token score.
-# Measured at 'aggressive' and then removed from the library (no gain): sinks4, headmax, recent64, mass0.95, slide;
-# their records stay in benchmarks/results/frontier-select.jsonl.
+# Measured at 'aggressive' and then removed from the library (no gain): sinks4, headmax, recent64, mass0.95, slide,
+# and (0.2) the multi-layer scores; their records stay in benchmarks/results/frontier-select.jsonl.
 SCORINGS: dict[str, dict[str, Any]] = {
     "paper": {},
     "window32": dict(score_window=32),
     "window32+pool7": dict(score_window=32, score_pool=7),
     "window32+pool7+static": dict(score_window=32, score_pool=7, revive=False),
     "pool7": dict(score_pool=7),
-    "window32+layers4+pool7": dict(score_window=32, score_layers=4, score_pool=7),
-    "window32+layers8+pool7": dict(score_window=32, score_layers=8, score_pool=7),
     "window32+pool15": dict(score_window=32, score_pool=15),
     "window8+pool7": dict(score_window=8, score_pool=7),
     "window64+pool7": dict(score_window=64, score_pool=7),
     "window32+pool3": dict(score_window=32, score_pool=3),
     "window32+pool11": dict(score_window=32, score_pool=11),
-    # Decoding policies (README, "Rule for the default decoding policy") with the paper's score: "paper+every8", ...
+    # Decoding policies (docs/DECISIONS.md, rules for the default decoding policy) with the paper's score.
     **{f"paper+{name}": options for name, options in POLICIES.items() if name != "paper"},
 }
+# Candidates measured before lazyllm 0.2 retired their options: their records are still drawn as lines.
+RETIRED_SCORINGS = (
+    "window32+layers4+pool7",
+    "window32+layers8+pool7",
+    "paper+beat_weakest",
+    "paper+every8",
+    "paper+held",
+    "paper+held+beat_weakest",
+)
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
 DEFAULT_MAX_NEW_TOKENS = 12
@@ -104,26 +112,23 @@ def prompts(tokenizer: Any, tasks: Sequence[str], length: int, n: int, seed: int
 def answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int, exact: bool = False) -> dict[str, Any]:
     """The whole greedy answer to `text`, its prefill time and (patched models) its prefill token fraction.
     `exact`: the answer is `max_new_tokens` long (end-of-sequence suppressed), so every decoding step runs."""
-    inputs = tokenizer(text, return_tensors="pt")
+    ids = encode(tokenizer, text)
     clock = StepClock(model.device)
     start = time.perf_counter()
-    with torch.inference_mode():
-        output = model.generate(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,  # only these: some tokenizers add token_type_ids, which Llama refuses
-            max_new_tokens=max_new_tokens,
-            **({"min_new_tokens": max_new_tokens} if exact else {}),
-            do_sample=False,
-            logits_processor=[clock],
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-        )
-    new = output[0, inputs.input_ids.shape[1] :]
+    output = greedy(
+        model,
+        ids,
+        max_new_tokens=max_new_tokens,
+        **({"min_new_tokens": max_new_tokens} if exact else {}),
+        logits_processor=[clock],
+    )
+    new = output[0, ids.shape[1] :]
     stats = lazyllm.stats(model) if lazyllm.is_patched(model) else None
     if stats is not None and not stats.pruned:
         raise RuntimeError(f"the candidate did not prune: {stats.fallback_reason}")
     return {
         "answer": tokenizer.decode(new, skip_special_tokens=True),
-        "prompt_tokens": int(inputs.input_ids.shape[1]),
+        "prompt_tokens": int(ids.shape[1]),
         "new_tokens": int(new.shape[0]),
         "ttft_s": round(clock.stamps[0] - start, 4),
         "prefill_token_fraction": round(stats.prefill_token_fraction, 4) if stats else 1.0,
@@ -197,22 +202,8 @@ def run_prompt(
     base_key = records.key(dict(where, name="baseline"))
     if base_key not in records.done:
         result = respond()
-        correct = score(result["answer"], sample)
-        records.add(
-            dict(
-                where,
-                name="baseline",
-                scoring=None,
-                schedule=None,
-                config=None,
-                **result,
-                reference=result["answer"],
-                agree=True,
-                f1=1.0,
-                correct=correct,
-                baseline_correct=correct,
-            )
-        )
+        baseline = dict(name="baseline", scoring=None, schedule=None, config=None)
+        records.add(dict(where, **baseline, **judged(result, sample, None)))
         added += 1
     reference = records.done[base_key]
     for cand in candidates:
@@ -220,23 +211,27 @@ def run_prompt(
             continue
         with lazyllm.patched(model, cand.config):
             result = respond()
-        records.add(
-            dict(
-                where,
-                name=cand.name,
-                scoring=cand.scoring,
-                schedule=cand.schedule,
-                config=dataclasses.asdict(cand.config),
-                **result,
-                reference=reference["answer"],
-                agree=answers_agree(result["answer"], reference["answer"]),
-                f1=round(token_f1(result["answer"], reference["answer"]), 4),
-                correct=score(result["answer"], sample),
-                baseline_correct=reference["correct"],
-            )
-        )
+        config = dataclasses.asdict(cand.config)
+        fields = dict(name=cand.name, scoring=cand.scoring, schedule=cand.schedule, config=config)
+        records.add(dict(where, **fields, **judged(result, sample, reference)))
         added += 1
     return added
+
+
+def judged(result: dict[str, Any], sample: Sample, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """A candidate's answer with its fidelity to the unpruned model's (`reference`; None: it is the unpruned one)
+    and its task score beside the reference's."""
+    correct = score(result["answer"], sample)
+    if reference is None:
+        return dict(result, reference=result["answer"], agree=True, f1=1.0, correct=correct, baseline_correct=correct)
+    return dict(
+        result,
+        reference=reference["answer"],
+        agree=answers_agree(result["answer"], reference["answer"]),
+        f1=round(token_f1(result["answer"], reference["answer"]), 4),
+        correct=correct,
+        baseline_correct=reference["correct"],
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lazybench.choose import MIN_AGREEMENT, cells, read_records
-from lazybench.frontier import SCORINGS
+from lazybench.frontier import RETIRED_SCORINGS, SCORINGS
 
 MARKERS = "osD^vPX<>"  # 9 against 10 colours: no two lines share both; "*" is the baseline's
 
@@ -31,7 +31,7 @@ def plot(records: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for cell in cells([r for r in records if r["name"] != "baseline"], by=("scoring", "schedule")):
         # A saved config (named after its file) is one point: two files' schedules are not one line.
-        known = cell["scoring"] in SCORINGS
+        known = cell["scoring"] in SCORINGS or cell["scoring"] in RETIRED_SCORINGS
         lines[cell["scoring"] if known else f"{cell['scoring']}@{cell['schedule']}"].append(cell)
     most = max(c["n"] for points in lines.values() for c in points)
     figure, axis = plt.subplots(figsize=(8, 5.5))

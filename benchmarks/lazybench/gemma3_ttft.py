@@ -21,7 +21,8 @@ import torch
 
 import lazyllm
 from lazybench.tasks import build_samples, score
-from lazyllm.fidelity import wilson_interval
+from lazyllm.fidelity import answers_agree, wilson_interval
+from lazyllm.generation import encode, greedy
 from lazyllm.models import load_model
 
 CONFIGS = ("baseline", "default", "balanced", "aggressive")
@@ -46,12 +47,11 @@ def run(model, tokenizer, ids: torch.Tensor, name: str, new_tokens: int) -> tupl
     streamer = FirstToken()
     schedule = None if name == "baseline" else lazyllm.LazyConfig.preset(name, model.config.num_hidden_layers)
     start, cpu_start = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        if schedule is None:
-            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, streamer=streamer)
-        else:
-            with lazyllm.patched(model, schedule):
-                out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, streamer=streamer)
+    if schedule is None:
+        out = greedy(model, ids, max_new_tokens=new_tokens, streamer=streamer)
+    else:
+        with lazyllm.patched(model, schedule):
+            out = greedy(model, ids, max_new_tokens=new_tokens, streamer=streamer)
     answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     return streamer.at - start, streamer.cpu_at - cpu_start, answer
 
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for length in args.lengths:
             for index, sample in enumerate(build_samples(args.task, tokenizer, length, depths=args.depths)):
                 text = sample.prompt + (sample.answer_prefix or "")  # completion style: no chat template
-                ids = tokenizer(text, return_tensors="pt").input_ids
+                ids = encode(tokenizer, text)
                 baseline_answer = None
                 for name in CONFIGS:
                     ttft, cpu, answer = run(model, tokenizer, ids, name, args.new_tokens)
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         cpu_s=round(cpu, 3),
                         answer=answer,
                         score=score(answer, sample),
-                        same_as_baseline=answer == baseline_answer,
+                        same_as_baseline=answers_agree(answer, baseline_answer),
                         threads=torch.get_num_threads(),
                     )
                     print(json.dumps(record), flush=True)

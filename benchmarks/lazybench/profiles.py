@@ -36,6 +36,20 @@ ALL_LENGTHS: dict[str, Any] = {"min_prompt_tokens": 0}  # the rig measures pruni
 
 
 @dataclass(frozen=True)
+class RandomDrop(LazyConfig):
+    """The paper's random token-drop baseline: the cuts of a LazyConfig, tokens chosen uniformly at random.
+
+    Each ranking draws from a generator seeded with `seed` afresh, so that a run is reproducible.
+    """
+
+    seed: int = 0
+
+    def rank_tokens(self, scores: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        return torch.rand(scores.shape, generator=generator, device=scores.device)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -131,21 +145,9 @@ def length_label(tokens: int) -> str:
     return str(tokens) if tokens < 1000 else f"{round(tokens / 1024)}k"
 
 
-def analytic_kept(config: LazyConfig | None, num_layers: int, tokens: int) -> list[int]:
-    """Tokens each layer computes in the prefill of a `tokens`-token prompt under `config` (None: all of them)."""
-    if config is None:
-        return [tokens] * num_layers
-    cuts = dict(zip(config.prune_layers, config.keep_counts(tokens)))
-    kept, current = [], tokens
-    for layer in range(num_layers):
-        current = cuts.get(layer, current)
-        kept.append(current)
-    return kept
-
-
-def token_fraction(config: LazyConfig | None, num_layers: int, tokens: int = 1 << 20) -> float:
-    """Analytic prefill token fraction of a long prompt: sum over layers of the tokens kept / (layers x tokens)."""
-    return sum(analytic_kept(config, num_layers, tokens)) / (num_layers * tokens)
+def token_fraction(config: LazyConfig | None, num_layers: int) -> float:
+    """Analytic prefill token fraction of a long prompt under `config` (1.0 for the unpruned baseline)."""
+    return 1.0 if config is None else config.prefill_fraction(num_layers)
 
 
 def build_configs(num_layers: int) -> dict[str, LazyConfig | None]:
@@ -158,7 +160,7 @@ def build_configs(num_layers: int) -> dict[str, LazyConfig | None]:
     default = configs["default"]
     assert default is not None
     cuts = dict(prune_layers=default.prune_layers, keep_ratios=default.keep_ratios, revive=False, **ALL_LENGTHS)
-    configs["random-drop"] = LazyConfig(selection="random", **cuts)
+    configs["random-drop"] = RandomDrop(**cuts)
     static_layer = min(max(round(0.15 * num_layers), 1), num_layers - 1)
     # One cut at `static_layer` with the same prefill budget: static_layer + (L - static_layer) * k = f * L.
     budget = token_fraction(default, num_layers) * num_layers
@@ -175,8 +177,8 @@ def describe(config: LazyConfig | None) -> str:
     if config is None:
         return "unpruned"
     extra = []
-    if config.selection != "attention":
-        extra.append(config.selection)
+    if isinstance(config, RandomDrop):
+        extra.append("random")
     if not config.revive:
         extra.append("no revival")
     return config.describe() + (f" ({', '.join(extra)})" if extra else "")

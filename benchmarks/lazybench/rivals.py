@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from lazybench.profiles import BASELINE, Profile, length_label
 from lazybench.tasks import score
+from lazyllm.fidelity import answers_agree
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KVPRESS_VENV = REPO_ROOT / "benchmarks" / ".kvpress-venv"
+# benchmarks/lazybench/rivals.py -> benchmarks/.kvpress-venv: beside the rig's package, in the rig's folder.
+KVPRESS_VENV = Path(__file__).resolve().parents[1] / ".kvpress-venv"
 KVPRESS_VERSION = "0.5.5"
 RUNNER = Path(__file__).resolve().parent / "kvpress_runner.py"
 
@@ -130,8 +131,8 @@ def score_rows(
                 "label": length_label(sample.length),
                 "answer": answer,
                 "score": score(answer, sample),
-                "answer_agree": answer.strip() == references.get(item["id"], "").strip(),
-                "answer_agree_lazyllm_baseline": answer.strip() == lazy_baseline.strip(),
+                "answer_agree": answers_agree(answer, references.get(item["id"], "")),
+                "answer_agree_lazyllm_baseline": answers_agree(answer, lazy_baseline),
             }
         )
     return rows

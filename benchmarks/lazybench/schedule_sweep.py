@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 import lazyllm
-from lazybench.accuracy import first_token_figures
 from lazybench.tasks import TASKS, build_samples, chat_prompt
 from lazyllm.models import load_smollm2
 
@@ -24,6 +23,20 @@ SCHEDULES = (
     "6:0.5;9:0.5;12:0.5;15:0.5;18:0.5;21:0.5;24:0.5;15:0.3;18:0.3;21:0.3;24:0.2;"
     "8:0.5,15:0.3,22:0.15;9:0.7,18:0.5,27:0.3;18:0.5,24:0.2;15:0.5,21:0.3;12:0.7,18:0.5,24:0.3"
 )
+
+
+def first_token_figures(reference: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
+    """KL(reference || this) of the first-token distributions [vocab], top-5 overlap and argmax agreement."""
+    p = reference.double().log_softmax(-1)
+    q = logits.double().log_softmax(-1)
+    kl = float((p.exp() * (p - q)).sum().clamp(min=0.0))
+    top_p = set(p.topk(5).indices.tolist())
+    top_q = set(q.topk(5).indices.tolist())
+    return {
+        "first_kl": kl,
+        "first_top5_overlap": len(top_p & top_q) / 5,
+        "first_token_agree": bool(int(p.argmax()) == int(q.argmax())),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

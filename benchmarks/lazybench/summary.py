@@ -1,4 +1,5 @@
-"""The tables of the report, computed from raw accuracy and kvpress records alone (pure functions, no torch).
+"""The tables of the report, computed from raw speed, accuracy and kvpress records alone (pure functions, no torch),
+and the schedules' frontier: TTFT speedup against whole-answer agreement and accuracy.
 
 Records of several runs can be pooled: a schedule's record is compared with the baseline record of the same run
 (`run`) and sample (`id`).
@@ -12,6 +13,7 @@ from typing import Any
 from lazybench.profiles import BASELINE, length_label
 
 Record = dict[str, Any]
+REFERENCE_LENGTH = "4k"  # the frontier's speedups are read at this length when it was timed
 
 
 def mean(values: Sequence[float]) -> float:
@@ -31,15 +33,12 @@ def baseline_of(records: Sequence[Record], rows: Sequence[Record]) -> list[Recor
 
 
 def fidelity_figures(rows: Sequence[Record], base: Sequence[Record]) -> dict[str, Any]:
-    """Accuracy, the baseline's on the same samples, agreement with it, first-token figures and work done."""
+    """Accuracy, the baseline's on the same samples, whole-answer agreement with it and work done."""
     return {
         "n": len(rows),
         "accuracy": mean([r["score"] for r in rows]),
         "baseline_accuracy": mean([r["score"] for r in base]),
         "answer_agreement": mean([float(r["answer_agree"]) for r in rows]),
-        "first_token_agreement": mean([float(r["first_token_agree"]) for r in rows]),
-        "first_kl": mean([r["first_kl"] for r in rows]),
-        "first_top5_overlap": mean([r["first_top5_overlap"] for r in rows]),
         "prefill_token_fraction": mean([r["prefill_token_fraction"] for r in rows]),
         "prompt_token_fraction_total": mean([r["prompt_token_fraction_total"] for r in rows]),
     }
@@ -63,11 +62,10 @@ def accuracy_cells(records: Sequence[Record]) -> list[dict[str, Any]]:
 
 
 def fidelity_summary(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
-    """Per schedule, over every sample: `fidelity_figures`, the largest KL and the most recomputed token-layers."""
+    """Per schedule, over every sample: `fidelity_figures` and the most recomputed token-layers."""
     out = {}
     for (schedule,), rows in group(records, "schedule").items():
         out[schedule] = fidelity_figures(rows, baseline_of(records, rows)) | {
-            "first_kl_max": max((r["first_kl"] for r in rows), default=float("nan")),
             "recomputed_token_layers_max": max((r["recomputed_token_layers"] or 0 for r in rows), default=0),
         }
     return out
@@ -120,3 +118,76 @@ def kvpress_summary(rows: Sequence[Record]) -> dict[str, dict[str, Any]]:
             "generation_ratio": time_ratio(mine, base, "total_s"),
         }
     return summary
+
+
+def speedup_at(speed: Sequence[Record], schedule: str, label: str) -> float | None:
+    """The median TTFT speedup of `schedule` at length `label`, None when it was not timed there."""
+    for row in speed:
+        if row["schedule"] == schedule and row["label"] == label:
+            return row["speedup"]["median"]
+    return None
+
+
+def reference_label(speed: Sequence[Record]) -> str | None:
+    """'4k' when timed, else the longest timed length."""
+    labels = [r["label"] for r in sorted(speed, key=lambda r: r["length"])]
+    if REFERENCE_LENGTH in labels:
+        return REFERENCE_LENGTH
+    return labels[-1] if labels else None
+
+
+def frontier(points: Sequence[Record], x: str, y: str) -> list[str]:
+    """Names of the points not dominated in (higher x, higher y)."""
+    usable = [p for p in points if p[x] is not None and p[y] == p[y]]
+    return [
+        p["schedule"]
+        for p in usable
+        if not any(q[x] >= p[x] and q[y] >= p[y] and (q[x] > p[x] or q[y] > p[y]) for q in usable)
+    ]
+
+
+def schedule_speedup(name: str, speed: Sequence[Record], generation: Sequence[Record]) -> tuple[float | None, str]:
+    """TTFT speedup of `name` at the reference length (speed section), else from its accuracy runs at the longest
+    accuracy length; and where it came from."""
+    ref = reference_label(speed)
+    if name == BASELINE:
+        return 1.0, "baseline"
+    timed = speedup_at(speed, name, ref) if ref else None
+    if timed is not None:
+        return timed, f"speed section @{ref}"
+    longest = max((g["length"] for g in generation), default=None)
+    match = [g for g in generation if g["schedule"] == name and g["length"] == longest]
+    return (match[0]["ttft_speedup"], f"accuracy runs @{length_label(longest)}") if match else (None, "n/a")
+
+
+def frontier_points(speed: Sequence[Record], records: Sequence[Record], generation: Sequence[Record]) -> Record:
+    """Per schedule (pooled over tasks) and per task: TTFT speedup against accuracy and answer agreement, and the
+    non-dominated schedules of each task."""
+    schedules = list(dict.fromkeys(r["schedule"] for r in records))
+    speedups = {name: schedule_speedup(name, speed, generation) for name in schedules}
+
+    def points(rows: Sequence[Record]) -> list[Record]:
+        out = []
+        for name in schedules:
+            mine = [r for r in rows if r["schedule"] == name]
+            out.append(
+                {
+                    "schedule": name,
+                    "speedup": speedups[name][0],
+                    "speedup_source": speedups[name][1],
+                    "n": len(mine),
+                    "agreed": sum(bool(r["answer_agree"]) for r in mine),
+                    "accuracy": mean([r["score"] for r in mine]),
+                    "answer_agreement": mean([float(r["answer_agree"]) for r in mine]),
+                }
+            )
+        return out
+
+    per_task = {}
+    for task in dict.fromkeys(r["task"] for r in records):
+        here = points([r for r in records if r["task"] == task])
+        per_task[task] = {
+            "frontier_accuracy": frontier(here, "speedup", "accuracy"),
+            "frontier_agreement": frontier(here, "speedup", "answer_agreement"),
+        }
+    return {"reference_length": reference_label(speed), "pooled": points(records), "tasks": per_task}

@@ -1,4 +1,5 @@
-"""Timing and memory helpers of the benchmark rig (`lazybench.speed`, `lazybench.accuracy`).
+"""Timing and memory helpers of the benchmark rig (`lazybench.speed`, `lazybench.accuracy`); the library's
+`lazyllm.timing` (synchronize, interleaved) is re-exported here.
 
 Definitions used throughout the reports:
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +37,24 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from lazyllm.generation import greedy
+from lazyllm.timing import interleaved, synchronize
+
+__all__ = [
+    "GenerationTiming",
+    "StepClock",
+    "attention_share",
+    "compute_bound",
+    "interleaved",
+    "kv_cache_bytes",
+    "peak_memory",
+    "ratio_summary",
+    "summarize",
+    "synchronize",
+    "timed_generate",
+]
+
 SDPA_OPS = ("aten::scaled_dot_product_attention",)
-
-
-def synchronize(device: str | torch.device) -> None:
-    """Wait for queued kernels on CUDA; a no-op on CPU."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,14 +136,14 @@ def timed_generate(
         generate_kwargs["min_new_tokens"] = max_new_tokens
     synchronize(device)
     start = time.perf_counter()
-    with torch.inference_mode():
-        output = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            logits_processor=processors,
-            **generate_kwargs,
-        )
+    output = greedy(
+        model,
+        inputs["input_ids"],
+        inputs.get("attention_mask"),
+        max_new_tokens,
+        logits_processor=processors,
+        **generate_kwargs,
+    )
     synchronize(device)
     end = time.perf_counter()
     sequences = output.sequences if hasattr(output, "sequences") else output
@@ -139,16 +151,6 @@ def timed_generate(
     first = clock.stamps[0] if clock.stamps else end
     steps = [1000.0 * (b - a) for a, b in zip(clock.stamps, clock.stamps[1:])]
     return GenerationTiming(first - start, end - start, new_tokens, output, steps)
-
-
-def timed_prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], device: str | torch.device) -> float:
-    """Wall time of `model(**inputs, logits_to_keep=1, use_cache=True)` under inference mode (the plain forward)."""
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model(**inputs, logits_to_keep=1, use_cache=True)
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,28 +276,3 @@ def compute_bound(kept_per_layer: Sequence[int], prompt_tokens: int, share: floa
     if share != share:  # nan: report the linear part alone
         return linear
     return (1.0 - share) * linear + share * quadratic
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Interleaved repeats
-# ----------------------------------------------------------------------------------------------------------------
-def interleaved(
-    runs: dict[str, Callable[[], Any]],
-    repeats: int,
-    warmup: int = 1,
-    progress: Callable[[str, int], None] | None = None,
-) -> dict[str, list[Any]]:
-    """Call every function of `runs` in turn (A, B, C, A, B, C, ...) `warmup + repeats` times.
-
-    Interleaving spreads slow drifts of the machine (thermal, other processes) over every schedule alike instead of
-    charging them to whichever ran last. Warm-up rounds are run and dropped. Returns name -> the measured results.
-    """
-    measured: dict[str, list[Any]] = {name: [] for name in runs}
-    for round_index in range(warmup + repeats):
-        for name, run in runs.items():
-            value = run()
-            if round_index >= warmup:
-                measured[name].append(value)
-            if progress is not None:
-                progress(name, round_index)
-    return measured

@@ -13,14 +13,19 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lazyllm
+from lazybench.profiles import apply
+from lazyllm.config import LazyConfig
+from lazyllm.generation import greedy
+from lazyllm.timing import interleaved, synchronize, timed_prefill
 
 SHAPES = {
     "smollm2-135m": dict(
@@ -57,28 +62,63 @@ def build(shape: str, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
     return model.eval()
 
 
-def timed(model: LlamaForCausalLM, ids: torch.Tensor) -> float:
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    model(ids, logits_to_keep=1, use_cache=True)
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def decode_ms_per_token(model: LlamaForCausalLM, ids: torch.Tensor, tokens: int = 32) -> float:
     """(generate `tokens` - prefill) / (tokens - 1), in ms."""
-    if ids.is_cuda:
-        torch.cuda.synchronize()
+    synchronize(ids.device)
     start = time.perf_counter()
-    model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start - timed(model, ids)) / (tokens - 1) * 1000
+    greedy(model, ids, max_new_tokens=tokens, min_new_tokens=tokens)
+    synchronize(ids.device)
+    elapsed = time.perf_counter() - start
+    return (elapsed - timed_prefill(model, {"input_ids": ids}, ids.device)) / (tokens - 1) * 1000
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def measure(
+    model: LlamaForCausalLM, configs: dict[str, LazyConfig | None], length: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One row per schedule on a random prompt of `length` tokens: interleaved prefill times (ms), speedup, prefill
+    token fraction and decode ms/token."""
+    ids = torch.randint(3, model.config.vocab_size, (1, length), device=args.device)
+    fractions: dict[str, float] = {}
+
+    def runner(name: str) -> Callable[[], float]:
+        def run() -> float:
+            apply(model, configs[name])
+            elapsed = timed_prefill(model, {"input_ids": ids}, ids.device)
+            fractions[name] = lazyllm.stats(model).prefill_token_fraction if configs[name] else 1.0
+            return elapsed * 1000
+
+        return run
+
+    times = interleaved({name: runner(name) for name in configs}, args.repeats)
+    decode: dict[str, float | None] = {}
+    for name, config in configs.items():
+        apply(model, config)
+        decode[name] = decode_ms_per_token(model, ids, args.decode_tokens) if args.decode_tokens else None
+    apply(model, None)
+    base = statistics.median(times["baseline"])
+    return [
+        dict(
+            tokens=length,
+            schedule=name,
+            prefill_ms=times[name],
+            median_ms=statistics.median(times[name]),
+            speedup=base / statistics.median(times[name]),
+            prefill_token_fraction=fractions[name],
+            decode_ms_per_token=decode[name],
+        )
+        for name in configs
+    ]
+
+
+def row_line(shape: str, row: dict[str, Any]) -> str:
+    times, decode = row["prefill_ms"], row["decode_ms_per_token"]
+    return (
+        f"| {shape} | {row['tokens']} | {row['schedule']} | {row['median_ms']:.1f} ({min(times):.1f}-{max(times):.1f}) "
+        f"| {row['speedup']:.2f}x | {row['prefill_token_fraction']:.3f} | {'-' if decode is None else f'{decode:.2f}'} |"
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
@@ -88,8 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decode-tokens", type=int, default=32, help="0 skips the decode measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ttft_shapes.json"))
-    args = parser.parse_args(argv)
-    dtype = getattr(torch, args.dtype)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     rows = []
     print(
@@ -99,59 +142,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| shape | tokens | schedule | prefill ms | speedup | prefill_token_fraction | decode ms/token |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes:
-        model = build(shape, args.device, dtype)
+        model = build(shape, args.device, getattr(torch, args.dtype))
         depth = model.config.num_hidden_layers
-        configs = {"baseline": None} | {s: lazyllm.LazyConfig.parse(s, depth) for s in args.schedules}
+        configs = {"baseline": None} | {s: LazyConfig.parse(s, depth) for s in args.schedules}
         for length in args.lengths:
-            ids = torch.randint(3, model.config.vocab_size, (1, length), device=args.device)
-            times: dict[str, list[float]] = {name: [] for name in configs}
-            fractions, decode = {}, {}
             with torch.inference_mode():
-                for repeat in range(args.repeats + 1):
-                    for name, config in configs.items():
-                        lazyllm.unpatch(model) if config is None else lazyllm.patch(model, config)
-                        elapsed = timed(model, ids)
-                        if repeat:
-                            times[name].append(elapsed * 1000)
-                        fractions[name] = lazyllm.stats(model).prefill_token_fraction if config else 1.0
-                for name, config in configs.items():
-                    lazyllm.unpatch(model) if config is None else lazyllm.patch(model, config)
-                    decode[name] = decode_ms_per_token(model, ids, args.decode_tokens) if args.decode_tokens else None
-            lazyllm.unpatch(model)
-            base = statistics.median(times["baseline"])
-            for name in configs:
-                median = statistics.median(times[name])
-                row = dict(
-                    shape=shape,
-                    tokens=length,
-                    schedule=name,
-                    prefill_ms=times[name],
-                    median_ms=median,
-                    speedup=base / median,
-                    prefill_token_fraction=fractions[name],
-                    decode_ms_per_token=decode[name],
-                )
-                rows.append(row)
-                dec = f"{decode[name]:.2f}" if decode[name] is not None else "-"
-                print(
-                    f"| {shape} | {length} | {name} | {median:.1f} ({min(times[name]):.1f}-{max(times[name]):.1f}) | "
-                    f"{base / median:.2f}x | {fractions[name]:.3f} | {dec} |",
-                    flush=True,
-                )
+                for row in measure(model, configs, length, args):
+                    rows.append(dict(shape=shape, **row))
+                    print(row_line(shape, row), flush=True)
         del model
         if args.device == "cuda":
             torch.cuda.empty_cache()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(
-        device=device_name,
-        dtype=args.dtype,
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        repeats=args.repeats,
-        date=time.strftime("%Y-%m-%d"),
-    )
+    meta = dict(device=device_name, dtype=args.dtype, torch=torch.__version__, transformers=transformers.__version__)
+    meta |= dict(repeats=args.repeats, date=time.strftime("%Y-%m-%d"))
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
