@@ -8,7 +8,8 @@ Run: python examples/quickstart.py
 import torch
 
 import lazyllm
-from lazyllm.bench.tasks import chat_prompt, long_document_question
+from lazyllm.documents import long_document_question
+from lazyllm.generation import chat_prompt
 from lazyllm.models import load_smollm2
 
 model, tokenizer = load_smollm2()  # converted from the packaged GGUF once (~40 s), then cached

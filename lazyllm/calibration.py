@@ -32,7 +32,9 @@ from tqdm.auto import tqdm
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, ConfigError, LazyConfig
 from lazyllm.families import adapter_for
 from lazyllm.fidelity import answers_agree, prompts_needed, wilson_interval
+from lazyllm.generation import Prompt, encode, greedy
 from lazyllm.patching import patched, stats
+from lazyllm.timing import interleaved, timed_prefill
 
 COARSE_DEPTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # where the first cut may go (share of depth)
 FINE_STEP = 0.05
@@ -40,7 +42,6 @@ FINE_STEP = 0.05
 COARSE_KEEPS = ((0.5,), (0.5, 0.25))
 FINE_KEEPS = (*COARSE_KEEPS, (0.6, 0.3), (0.4, 0.2))
 TIMING_ROUNDS = 3
-Prompt = str | Sequence[dict[str, str]] | Sequence[int] | torch.Tensor
 
 
 @dataclass
@@ -129,20 +130,6 @@ def calibrate(
     return Calibration(**{f.name: getattr(config, f.name) for f in dataclasses.fields(LazyConfig)}, report=report)
 
 
-def encode(tokenizer: Any, prompt: Prompt) -> torch.Tensor:
-    """`(1, N)` token ids of a prompt given as text, chat messages or ids."""
-    if isinstance(prompt, torch.Tensor):
-        return prompt.reshape(1, -1).long()
-    if isinstance(prompt, str):
-        return tokenizer(prompt, return_tensors="pt").input_ids
-    if prompt and isinstance(prompt[0], dict):
-        text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
-        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-    if prompt and all(isinstance(token, int) for token in prompt):
-        return torch.tensor([list(prompt)], dtype=torch.long)
-    raise ConfigError(f"a prompt must be a string, a list of chat messages or a list of token ids, got {prompt!r:.80}.")
-
-
 def misses_allowed(n: int, min_agreement: float) -> int:
     """Most disagreements among `n` answers that keep the agreement's lower bound at `min_agreement` (-1: none)."""
     misses = -1
@@ -197,16 +184,7 @@ def ladder(
             cuts = [(depth, shares[0]), *((depth + (1 - depth) / 2, share) for share in shares[1:])]
             config = LazyConfig.place(cuts, num_layers, **options)
             configs[config.describe()] = config
-    return sorted(configs.values(), key=lambda c: fraction_of(c, num_layers))
-
-
-def fraction_of(config: LazyConfig, num_layers: int) -> float:
-    """Prefill token fraction of a schedule: the share of the unpruned prefill's token-layers it computes."""
-    bounds = [*config.prune_layers, num_layers]
-    kept = config.prune_layers[0] if config.prune_layers else num_layers
-    for ratio, (start, end) in zip(config.keep_ratios, zip(bounds, bounds[1:])):
-        kept += ratio * (end - start)
-    return kept / num_layers
+    return sorted(configs.values(), key=lambda c: c.prefill_fraction(num_layers))
 
 
 class Search:
@@ -241,13 +219,13 @@ class Search:
         near = [depth - FINE_STEP, depth, depth + FINE_STEP]
         fine = ladder(self.num_layers, FINE_KEEPS, near, **self.options)
         if self.target == "fidelity":  # only a cheaper schedule can beat one that passes
-            fine = [c for c in fine if fraction_of(c, self.num_layers) < best.fraction]
+            fine = [c for c in fine if c.prefill_fraction(self.num_layers) < best.fraction]
         return self.search(fine, best)
 
     def search(self, candidates: list[LazyConfig], best: Trial | None = None) -> Trial | None:
         """Fidelity: the cheapest passing candidate by bisection. Speed: the most faithful one fast enough."""
         if self.target == "speed":
-            fast = [c for c in candidates if fraction_of(c, self.num_layers) <= 1 / self.speedup]
+            fast = [c for c in candidates if c.prefill_fraction(self.num_layers) <= 1 / self.speedup]
             for config in fast:
                 trial = self.trial(config, beat=best)
                 if best is None or trial.agreement > best.agreement:
@@ -284,49 +262,31 @@ class Search:
             agreed, answered, self.misses[i] = agreed + same, answered + 1, self.misses[i] + (not same)
             if answered - agreed > allowed:
                 break
-        trial = Trial(config, agreed, answered, fraction_of(config, self.num_layers), answered < len(self.ids))
+        trial = Trial(config, agreed, answered, config.prefill_fraction(self.num_layers), answered < len(self.ids))
         self.trials.append(trial)
         return trial
 
     def answer(self, ids: torch.Tensor, config: LazyConfig | None) -> str:
         """The greedy answer's token ids as text (unpruned when `config` is None)."""
-        with torch.inference_mode():
-            if config is None:
-                out = generate(self.model, ids, self.max_new_tokens)
-            else:
-                with patched(self.model, config):
-                    out = generate(self.model, ids, self.max_new_tokens)
-                    if not stats(self.model).pruned:
-                        raise ConfigError(f"pruning did not run: {stats(self.model).fallback_reason}")
+        ids = ids.to(self.model.device)
+        if config is None:
+            out = greedy(self.model, ids, max_new_tokens=self.max_new_tokens)
+        else:
+            with patched(self.model, config):
+                out = greedy(self.model, ids, max_new_tokens=self.max_new_tokens)
+                if not stats(self.model).pruned:
+                    raise ConfigError(f"pruning did not run: {stats(self.model).fallback_reason}")
         self.bar.update(1)
         return " ".join(map(str, out[0, ids.shape[1] :].tolist()))
 
 
-def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    ids = ids.to(model.device)
-    mask = torch.ones_like(ids)
-    pad = model.generation_config.pad_token_id or model.generation_config.eos_token_id
-    pad = pad[0] if isinstance(pad, list) else pad
-    return model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-
-
 def ttft_ratio(model: nn.Module, ids: torch.Tensor, config: LazyConfig) -> float:
     """Median over interleaved rounds of unpruned / pruned prefill wall time on one prompt (after a warm-up)."""
-    ids = ids.to(model.device)
+    inputs = {"input_ids": ids.to(model.device)}
 
-    def prefill() -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model(ids, use_cache=True, logits_to_keep=1)
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    ratios = []
-    for round_ in range(TIMING_ROUNDS + 1):
-        base = prefill()
+    def pruned() -> float:
         with patched(model, config):
-            pruned = prefill()
-        if round_:  # the first round warms up
-            ratios.append(base / pruned)
-    return statistics.median(ratios)
+            return timed_prefill(model, inputs, model.device)
+
+    times = interleaved({"base": lambda: timed_prefill(model, inputs, model.device), "pruned": pruned}, TIMING_ROUNDS)
+    return statistics.median(base / lazy for base, lazy in zip(times["base"], times["pruned"]))

@@ -9,7 +9,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import lazyllm
 import lazyllm.calibration as calibration
-from lazyllm.calibration import fraction_of, ladder
+from lazyllm.calibration import ladder
+from lazyllm.generation import encode, greedy
 
 
 class Tokenizer:
@@ -32,7 +33,7 @@ def faithful_above(threshold, monkeypatch):
         calls.append(config)
         if config is None:
             return "reference"
-        return "reference" if fraction_of(config, self.num_layers) >= threshold else "other"
+        return "reference" if config.prefill_fraction(self.num_layers) >= threshold else "other"
 
     monkeypatch.setattr(calibration.Search, "answer", answer)
     return calls
@@ -44,10 +45,12 @@ def test_the_cheapest_faithful_schedule_is_found_and_failures_stop_early(monkeyp
     config = lazyllm.calibrate(model, Tokenizer(), prompts(16), min_agreement=0.8, min_prompt_tokens=0, progress=False)
     tried = config.report["trials"]
     passing = [t for t in tried if t["fraction"] >= 0.6]
-    assert fraction_of(config, 32) == min(t["fraction"] for t in passing) >= 0.6
+    assert config.prefill_fraction(32) == min(t["fraction"] for t in passing) >= 0.6
     assert all(t["answered"] == 1 and t["stopped_early"] for t in tried if t["fraction"] < 0.6), "no miss allowed of 16"
     assert len(calls) < 16 * (1 + len(tried)), "early stops save answers"
-    coarse = {c.describe(): fraction_of(c, 32) for c in ladder(32, calibration.COARSE_KEEPS, calibration.COARSE_DEPTHS)}
+    coarse = {
+        c.describe(): c.prefill_fraction(32) for c in ladder(32, calibration.COARSE_KEEPS, calibration.COARSE_DEPTHS)
+    }
     coarse_best = min(f for f in coarse.values() if f >= 0.6)
     fine = [t for t in tried if t["schedule"] not in coarse]
     assert fine and all(t["fraction"] < coarse_best for t in fine), "neighbours dearer than a pass are not tried"
@@ -60,12 +63,12 @@ def test_a_lucky_schedule_is_not_chosen_on_its_point_estimate(monkeypatch):
     lucky = tuple(ids[5].tolist())
 
     def answer(self, x, config):
-        fraction = 1.0 if config is None else fraction_of(config, self.num_layers)
+        fraction = 1.0 if config is None else config.prefill_fraction(self.num_layers)
         return "reference" if fraction >= 0.6 or (fraction >= 0.4 and tuple(x[0].tolist()) != lucky) else "other"
 
     monkeypatch.setattr(calibration.Search, "answer", answer)
     config = lazyllm.calibrate(tiny_llama("xgen"), Tokenizer(), ids, min_prompt_tokens=0, progress=False)
-    assert fraction_of(config, 32) >= 0.6
+    assert config.prefill_fraction(32) >= 0.6
     assert any(0.4 <= t["fraction"] < 0.6 for t in config.report["trials"]), "a lucky schedule was tried"
 
 
@@ -81,7 +84,7 @@ def test_a_candidate_answers_first_the_prompts_earlier_candidates_missed(monkeyp
     hard = {tuple(x.tolist()) for x in ids[21:]}
 
     def answer(self, x, config):
-        easy = config is None or fraction_of(config, self.num_layers) >= 0.6 or tuple(x[0].tolist()) not in hard
+        easy = config is None or config.prefill_fraction(self.num_layers) >= 0.6 or tuple(x[0].tolist()) not in hard
         return "reference" if easy else "other"
 
     monkeypatch.setattr(calibration.Search, "answer", answer)
@@ -99,9 +102,9 @@ def test_speed_target_returns_the_most_faithful_schedule_fast_enough(monkeypatch
     config = lazyllm.calibrate(
         model, Tokenizer(), prompts(10), target="speed", speedup=2.0, min_prompt_tokens=0, progress=False
     )
-    assert fraction_of(config, 32) <= 0.5
+    assert config.prefill_fraction(32) <= 0.5
     best = max(t["agreed"] for t in config.report["trials"])
-    assert best == 10 and fraction_of(config, 32) >= 0.45
+    assert best == 10 and config.prefill_fraction(32) >= 0.45
 
 
 def test_no_schedule_meets_the_target_returns_no_pruning(monkeypatch):
@@ -156,21 +159,12 @@ def test_an_unsupported_model_is_refused():
         lazyllm.calibrate(gpt2, Tokenizer(), prompts(16), progress=False)
 
 
-def test_prompts_as_text_chat_and_ids():
-    tokenizer = Tokenizer()
-    assert calibration.encode(tokenizer, "5 6 7").tolist() == [[5, 6, 7]]
-    assert calibration.encode(tokenizer, [5, 6, 7]).tolist() == [[5, 6, 7]]
-    assert calibration.encode(tokenizer, torch.tensor([5, 6])).tolist() == [[5, 6]]
-    with pytest.raises(lazyllm.ConfigError, match="must be a string"):
-        calibration.encode(tokenizer, [5.0, 6.0])
-
-
 def test_ladder_is_ordered_by_prefill_cost():
     configs = ladder(30, [(0.5,), (0.5, 0.25)], (0.2, 0.5, 0.8))
-    fractions = [fraction_of(c, 30) for c in configs]
+    fractions = [c.prefill_fraction(30) for c in configs]
     assert fractions == sorted(fractions) and len(set(fractions)) == 6
     assert "24:0.5" in [c.describe() for c in configs], "the default's one-cut shape is a candidate"
-    assert fraction_of(lazyllm.LazyConfig(prune_layers=(15,), keep_ratios=(0.5,)), 30) == 0.75
+    assert lazyllm.LazyConfig(prune_layers=(15,), keep_ratios=(0.5,)).prefill_fraction(30) == 0.75
 
 
 def test_save_and_load_round_trip_with_the_model_depth(tmp_path):
@@ -195,7 +189,7 @@ def test_save_and_load_round_trip_with_the_model_depth(tmp_path):
 def test_end_to_end_on_smollm2_the_choice_keeps_every_answer_when_patched(smollm2, tmp_path):
     """16 real-text chat prompts: the config calibrate returns, patched as a user would, answers as the unpruned
     model on every prompt (it passed with 16 of 16), and saves and loads with the model's depth."""
-    from lazyllm.bench.tasks import long_document_question
+    from lazyllm.documents import long_document_question
 
     model, tokenizer = smollm2
     texts = [long_document_question(tokenizer, length=400, seed=seed)[0] for seed in range(16)]
@@ -203,10 +197,10 @@ def test_end_to_end_on_smollm2_the_choice_keeps_every_answer_when_patched(smollm
     config = lazyllm.calibrate(model, tokenizer, chats, max_new_tokens=6, min_prompt_tokens=0, progress=False)
     assert config.prune_layers, config.summary()
     assert any(t["agreed"] == 16 for t in config.report["trials"]) and config.report["ttft_ratio"] > 0
-    ids = [calibration.encode(tokenizer, chat) for chat in chats]
-    unpruned = [calibration.generate(model, x, 6) for x in ids]
+    ids = [encode(tokenizer, chat) for chat in chats]
+    unpruned = [greedy(model, x, max_new_tokens=6) for x in ids]
     with lazyllm.patched(model, config):
-        pruned = [calibration.generate(model, x, 6) for x in ids]
+        pruned = [greedy(model, x, max_new_tokens=6) for x in ids]
         assert lazyllm.stats(model).pruned
     assert all(torch.equal(a, b) for a, b in zip(pruned, unpruned))
     config.save(tmp_path / "smollm2.json", model)

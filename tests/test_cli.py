@@ -69,24 +69,24 @@ def test_help_of_every_command(argv: list[str], capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert out.startswith("usage: lazyllm")
     if argv == ["--help"]:
-        for command in ("demo", "generate", "bench", "info"):
+        for command in ("demo", "generate", "calibrate", "info"):
             assert command in out
+        assert "bench" not in out.split("options:")[0]  # no rig among the commands: its place is said in the epilog
+        assert "python -m lazybench" in " ".join(out.split())
 
 
-def test_bench_help_is_the_rigs_help(capsys: pytest.CaptureFixture[str]) -> None:
-    need("lazyllm.bench.cli")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--help"])
-    assert exit_info.value.code == 0
-    assert "--profile" in capsys.readouterr().out
-
-
-def test_bench_passes_its_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = need("lazyllm.bench.cli")
-    seen: list[list[str]] = []
-    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
-    assert main(["bench", "--profile", "quick", "--out", "x"]) == 0
-    assert seen == [["--profile", "quick", "--out", "x"]]
+def test_the_library_never_imports_the_rig() -> None:
+    """Importing every lazyllm module (the CLI included) leaves the benchmark rig unimported."""
+    code = (
+        "import importlib, pkgutil, sys, lazyllm\n"
+        "for module in pkgutil.walk_packages(lazyllm.__path__, 'lazyllm.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "rig = sorted(name for name in sys.modules if name.startswith(('lazybench', 'lazyllm.bench')))\n"
+        "assert not rig, rig\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
