@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, ConfigError, LazyConfig
 from lazyllm.families import adapter_for
@@ -84,8 +84,8 @@ class Calibration(LazyConfig):
 
 
 def calibrate(
-    model: nn.Module,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     target: Literal["fidelity", "speed"] = "fidelity",
     min_agreement: float = 0.8,
@@ -192,7 +192,7 @@ class Search:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: PreTrainedModel,
         ids: Sequence[torch.Tensor],
         max_new_tokens: int,
         options: dict[str, Any],
@@ -225,6 +225,7 @@ class Search:
     def search(self, candidates: list[LazyConfig], best: Trial | None = None) -> Trial | None:
         """Fidelity: the cheapest passing candidate by bisection. Speed: the most faithful one fast enough."""
         if self.target == "speed":
+            assert self.speedup is not None  # check_request: a speed target has one
             fast = [c for c in candidates if c.prefill_fraction(self.num_layers) <= 1 / self.speedup]
             for config in fast:
                 trial = self.trial(config, beat=best)
@@ -280,7 +281,7 @@ class Search:
         return " ".join(map(str, out[0, ids.shape[1] :].tolist()))
 
 
-def ttft_ratio(model: nn.Module, ids: torch.Tensor, config: LazyConfig) -> float:
+def ttft_ratio(model: PreTrainedModel, ids: torch.Tensor, config: LazyConfig) -> float:
     """Median over interleaved rounds of unpruned / pruned prefill wall time on one prompt (after a warm-up)."""
     inputs = {"input_ids": ids.to(model.device)}
 

@@ -12,14 +12,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import lazyllm
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, LazyConfig
-from lazyllm.generation import encode, greedy, has_chat_template, model_inputs
+from lazyllm.generation import Prompt, encode, greedy, has_chat_template, model_inputs
 
 PROG = "lazyllm"
 
@@ -55,7 +55,7 @@ def check_config_options(args: argparse.Namespace) -> None:
         LazyConfig.parse(args.schedule, num_layers=1_000_000)
 
 
-def schedule_of(args: argparse.Namespace, model: nn.Module) -> LazyConfig:
+def schedule_of(args: argparse.Namespace, model: PreTrainedModel) -> LazyConfig:
     """The config asked for: `--config FILE` (checked against the model's depth) or `--schedule`."""
     overrides: dict[str, Any] = {}
     if args.min_prompt_tokens is not None:
@@ -65,7 +65,7 @@ def schedule_of(args: argparse.Namespace, model: nn.Module) -> LazyConfig:
     return LazyConfig.parse(args.schedule, model.config.num_hidden_layers, **overrides)
 
 
-def load(name: str, dtype: str, device: str) -> tuple[Any, Any]:
+def load(name: str, dtype: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from local files (`lazyllm.models.load_model`), with progress lines."""
     from lazyllm.models import load_model
 
@@ -77,7 +77,7 @@ def load(name: str, dtype: str, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def encode_text(tokenizer: Any, text: str, chat: bool | None) -> tuple[torch.Tensor, bool]:
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, chat: bool | None) -> tuple[torch.Tensor, bool]:
     """`(1, N)` ids of a text prompt, and whether the chat template was applied (`chat=None`: if there is one)."""
     has_template = has_chat_template(tokenizer)
     if chat and not has_template:
@@ -86,7 +86,7 @@ def encode_text(tokenizer: Any, text: str, chat: bool | None) -> tuple[torch.Ten
     return encode(tokenizer, text, chat=templated), templated
 
 
-def answer(model: Any, tokenizer: Any, ids: torch.Tensor, max_new_tokens: int, desc: str, progress: bool) -> str:
+def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, max_new_tokens: int, desc: str, progress: bool) -> str:
     """The greedy answer (special tokens dropped), with a progress bar advanced once per generated token."""
     from tqdm.auto import tqdm
     from transformers import LogitsProcessor
@@ -154,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def demo_ttft(
-    model: nn.Module, config: LazyConfig, inputs: dict[str, torch.Tensor], repeats: int, progress: bool
+    model: PreTrainedModel, config: LazyConfig, inputs: dict[str, torch.Tensor], repeats: int, progress: bool
 ) -> tuple[float, float]:
     """Median prefill wall time (a forward with logits_to_keep=1, as generate() runs it) of the unpatched and the
     patched model, interleaved so that machine drift hits both alike, after one warm-up round."""
@@ -225,7 +225,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # lazyllm calibrate
 # ----------------------------------------------------------------------------------------------------------------
-def read_prompts(path: str, tokenizer: Any, chat: bool | None) -> list[Any]:
+def read_prompts(path: str, tokenizer: PreTrainedTokenizerBase, chat: bool | None) -> list[Prompt]:
     """Prompts of a JSON-lines file: a string, or {"prompt": str}, {"messages": [...]} or {"input_ids": [...]}."""
     file = Path(path).expanduser()
     if not file.is_file():
@@ -254,7 +254,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     device = device_of(args.device)
     model, tokenizer = load(args.model, args.dtype, device)
     prompts = read_prompts(args.prompts, tokenizer, args.chat)
-    target = "speed" if args.speedup is not None else "fidelity"
+    target: Literal["fidelity", "speed"] = "speed" if args.speedup is not None else "fidelity"
     options: dict[str, Any] = {"speedup": args.speedup}
     if args.min_agreement is not None:
         options["min_agreement"] = args.min_agreement

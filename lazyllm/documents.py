@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedTokenizerBase
+
 from lazyllm.generation import chat_prompt, has_chat_template
 
 __all__ = ["count_tokens", "long_document_question", "templated"]
@@ -51,7 +53,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
 # --------------------------------------------------------------------------
 # Chat templating and token counting
 # --------------------------------------------------------------------------
-def templated(tokenizer: Any, text: str, answer_prefix: str = "") -> str:
+def templated(tokenizer: PreTrainedTokenizerBase, text: str, answer_prefix: str = "") -> str:
     """The text to feed the model: ``chat_prompt(tokenizer, text)``, then RULER's ``answer_prefix`` if given.
 
     RULER appends its answer prefix after the model's chat template so that the reply starts there, e.g.
@@ -63,7 +65,7 @@ def templated(tokenizer: Any, text: str, answer_prefix: str = "") -> str:
     return out
 
 
-def count_tokens(tokenizer: Any, text: str, answer_prefix: str = "") -> int:
+def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str, answer_prefix: str = "") -> int:
     """Number of tokens of :func:`templated`'s output, counted as ``len(tokenizer(...)["input_ids"])``: with the
     tokenizer's default special tokens, which is what a plain ``tokenizer(text)`` call feeds the model (for
     templates that already contain a BOS this may count one token more than needed, never fewer)."""
@@ -154,7 +156,7 @@ def squad() -> QAData:
 # --------------------------------------------------------------------------
 # Fitting text to a token budget
 # --------------------------------------------------------------------------
-def fit(build: Callable[[int], str], tokenizer: Any, length: int, n_max: int, answer_prefix: str = "") -> str:
+def fit(build: Callable[[int], str], tokenizer: PreTrainedTokenizerBase, length: int, n_max: int, answer_prefix: str = "") -> str:
     """Largest-ish ``n`` in ``[0, n_max]`` with ``build(n)`` fitting ``length``.
 
     ``build(n)`` returns the user text with ``n`` filler units (words); the
@@ -252,7 +254,7 @@ def _is_clear_question(q: Question, docs: Sequence[str]) -> bool:
     )
 
 
-def long_document_question(tokenizer: Any, length: int = 2000, seed: int = 0, *, depth: float = 0.5) -> tuple[str, str]:
+def long_document_question(tokenizer: PreTrainedTokenizerBase, length: int = 2000, seed: int = 0, *, depth: float = 0.5) -> tuple[str, str]:
     """A real-text long-document question: ``(prompt_text, expected_answer)``.
 
     A SQuAD 2.0 dev paragraph with a short-answer factual question (every

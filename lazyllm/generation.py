@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lazyllm.config import ConfigError
 
@@ -19,12 +19,12 @@ from lazyllm.config import ConfigError
 Prompt = str | Sequence[dict[str, str]] | Sequence[int] | torch.Tensor
 
 
-def has_chat_template(tokenizer: Any) -> bool:
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer carries a chat template."""
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def chat_prompt(tokenizer: Any, text: str) -> str:
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
     """`text` as one user turn in the tokenizer's chat template, ready for the assistant's answer (the generation
     prompt added); the text itself when the tokenizer has no template."""
     if not has_chat_template(tokenizer):
@@ -32,11 +32,11 @@ def chat_prompt(tokenizer: Any, text: str) -> str:
     return _template(tokenizer, [{"role": "user", "content": text}])
 
 
-def _template(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+def _template(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> str:
+    return str(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
 
 
-def encode(tokenizer: Any, prompt: Prompt, chat: bool = False) -> torch.Tensor:
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, chat: bool = False) -> torch.Tensor:
     """`(1, N)` token ids of a prompt given as text, chat messages or ids.
 
     Text is tokenized as it is (with the tokenizer's special tokens), or with `chat=True` first wrapped by
@@ -47,14 +47,18 @@ def encode(tokenizer: Any, prompt: Prompt, chat: bool = False) -> torch.Tensor:
         return prompt.reshape(1, -1).long()
     if isinstance(prompt, str):
         if chat and has_chat_template(tokenizer):
-            return tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False).input_ids
-        return tokenizer(prompt, return_tensors="pt").input_ids
+            return _tokenize(tokenizer, chat_prompt(tokenizer, prompt), special_tokens=False)
+        return _tokenize(tokenizer, prompt, special_tokens=True)
     if prompt and all(isinstance(message, dict) for message in prompt):
-        text = _template(tokenizer, prompt)  # type: ignore[arg-type]
-        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        return _tokenize(tokenizer, _template(tokenizer, prompt), special_tokens=False)  # type: ignore[arg-type]
     if prompt and all(isinstance(token, int) for token in prompt):
         return torch.tensor([list(prompt)], dtype=torch.long)
     raise ConfigError(f"a prompt must be a string, a list of chat messages or a list of token ids, got {prompt!r:.80}.")
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, special_tokens: bool) -> torch.Tensor:
+    ids: torch.Tensor = tokenizer(text, return_tensors="pt", add_special_tokens=special_tokens).input_ids
+    return ids
 
 
 def model_inputs(ids: torch.Tensor, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
@@ -63,17 +67,17 @@ def model_inputs(ids: torch.Tensor, device: str | torch.device | None = None) ->
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def pad_token_id(model: nn.Module) -> int | None:
+def pad_token_id(model: PreTrainedModel) -> int | None:
     """The model's pad token, or its (first) end-of-sequence token where it has none."""
-    generation_config = model.generation_config  # type: ignore[union-attr]
-    pad = generation_config.pad_token_id
+    generation_config = model.generation_config
+    pad: int | list[int] | None = generation_config.pad_token_id
     if pad is None:
         pad = generation_config.eos_token_id
     return pad[0] if isinstance(pad, list) else pad
 
 
 def greedy(
-    model: nn.Module,
+    model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32,
