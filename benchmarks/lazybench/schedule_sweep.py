@@ -5,6 +5,9 @@
 For every schedule: share of samples whose first answer token (after RULER's answer prefix, so it is the retrieved
 value itself) equals the baseline's argmax, KL(baseline || pruned) and top-5 overlap of that token's distribution,
 and the prefill token fraction. 4 tasks x 3 depths x 2 samples = 24 prompts. Quality only: no timing here.
+
+Kept to reproduce `benchmarks/results/schedule_sweep_1k.md`, the v0.1 sweep: first-token agreement turned out blind
+to lost needles (docs/DECISIONS.md), so nothing is chosen by it; the rig's reports judge whole answers only.
 """
 
 from __future__ import annotations
