@@ -18,7 +18,11 @@ from lazyllm.models import load_smollm2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lazybench calibration_prompts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--n", type=int, default=16, help="prompts in all, spread over the tasks")
     parser.add_argument("--seed", type=int, default=2)
@@ -31,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {len(lines)} prompts to {args.out}")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

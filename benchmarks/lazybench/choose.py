@@ -164,7 +164,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lazybench.choose", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lazybench choose", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="frontier JSON-lines files")
     parser.add_argument("--against", metavar="NAME", help="judge decoding policies against this candidate")
     parser.add_argument("--net", action="store_true", help="with --against: the fourth rule (no net answer lost)")

@@ -89,7 +89,7 @@ def render(path: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lazybench gemma3_ttft", description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--task", default="niah_single")
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     out.write(json.dumps(record) + "\n")
                     out.flush()
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,7 +25,11 @@ from lazyllm.models import load_smollm2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lazybench prefill_decode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8160])
     parser.add_argument("--schedules", nargs="+", default=["default", "aggressive"])
     parser.add_argument("--repeats", type=int, default=3)
@@ -72,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -43,7 +43,11 @@ def first_token_figures(reference: torch.Tensor, logits: torch.Tensor) -> dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lazybench schedule_sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--length", type=int, default=1024, help="prompt length in tokens")
     parser.add_argument("--schedules", default=SCHEDULES, help="';'-separated schedules ('layer:keep,...' or presets)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/schedule_sweep_1k.md"))
@@ -85,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     args.out.write_text("\n".join(header + rows) + "\n")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
