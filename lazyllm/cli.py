@@ -30,8 +30,14 @@ EPILOG = (
 )
 
 
-def _add_model_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
-    """Options of the commands that load a model; `schedule`: also --schedule / --config."""
+def _add_model_options(parser: argparse.ArgumentParser, model: str | None = None, schedule: bool = True) -> None:
+    """Options of the commands that load a model: --model (required unless `model` is its default), loading
+    options and, with `schedule`, --schedule / --config."""
+    choices = "'smollm2', 'gemma3', a .gguf file or a local HF directory"
+    if model is None:
+        parser.add_argument("--model", required=True, metavar="PATH_OR_NAME", help=choices)
+    else:
+        parser.add_argument("--model", default=model, help=f"{choices} (default: %(default)s)")
     if schedule:
         _add_schedule_options(parser)
     _add_loading_options(parser)
@@ -96,12 +102,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     demo.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default: %(default)s)")
     demo.add_argument("--repeats", type=int, default=3, help="timed prefills per model (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="which question (default: %(default)s)")
-    demo.add_argument(
-        "--model",
-        default="smollm2",
-        help="'smollm2', 'gemma3', a .gguf file or a local HF directory (default: %(default)s)",
-    )
-    _add_model_options(demo)
+    _add_model_options(demo, model="smollm2")
     demo.set_defaults(handler=cmd_demo)
 
 
@@ -111,12 +112,6 @@ def _add_generate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="patch a local model (Llama, Mistral, Qwen2/3, Gemma 3), answer a prompt file, print the stats",
         description="Greedy generation with a patched model from local files only: 'smollm2', 'gemma3', a .gguf file, or a "
         "directory written by save_pretrained (with its tokenizer). Supported: Llama, Mistral, Qwen2, Qwen3, Gemma 3.",
-    )
-    generate.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_NAME",
-        help="'smollm2', 'gemma3', a .gguf file or a local HF directory",
     )
     generate.add_argument(
         "--prompt-file", required=True, metavar="FILE", help="UTF-8 text file with the prompt ('-': stdin)"
@@ -141,12 +136,6 @@ def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "for the fastest one whose whole greedy answers agree with the unpruned ones so often that the 95% lower "
         "bound of the agreement reaches --min-agreement (or the most faithful one at --speedup). Saves the config "
         "for --config.",
-    )
-    calibrate.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_NAME",
-        help="'smollm2', 'gemma3', a .gguf file or a local HF directory",
     )
     calibrate.add_argument(
         "--prompts",
