@@ -86,7 +86,14 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, chat: bool | None
     return encode(tokenizer, text, chat=templated), templated
 
 
-def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, max_new_tokens: int, desc: str, progress: bool) -> str:
+def answer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    desc: str,
+    progress: bool,
+) -> str:
     """The greedy answer (special tokens dropped), with a progress bar advanced once per generated token."""
     from tqdm.auto import tqdm
     from transformers import LogitsProcessor

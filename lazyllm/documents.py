@@ -156,7 +156,9 @@ def squad() -> QAData:
 # --------------------------------------------------------------------------
 # Fitting text to a token budget
 # --------------------------------------------------------------------------
-def fit(build: Callable[[int], str], tokenizer: PreTrainedTokenizerBase, length: int, n_max: int, answer_prefix: str = "") -> str:
+def fit(
+    build: Callable[[int], str], tokenizer: PreTrainedTokenizerBase, length: int, n_max: int, answer_prefix: str = ""
+) -> str:
     """Largest-ish ``n`` in ``[0, n_max]`` with ``build(n)`` fitting ``length``.
 
     ``build(n)`` returns the user text with ``n`` filler units (words); the
@@ -254,7 +256,9 @@ def _is_clear_question(q: Question, docs: Sequence[str]) -> bool:
     )
 
 
-def long_document_question(tokenizer: PreTrainedTokenizerBase, length: int = 2000, seed: int = 0, *, depth: float = 0.5) -> tuple[str, str]:
+def long_document_question(
+    tokenizer: PreTrainedTokenizerBase, length: int = 2000, seed: int = 0, *, depth: float = 0.5
+) -> tuple[str, str]:
     """A real-text long-document question: ``(prompt_text, expected_answer)``.
 
     A SQuAD 2.0 dev paragraph with a short-answer factual question (every
