@@ -8,10 +8,10 @@ print(lazyllm.stats(model).summary())
 
 from lazyllm.cache import UnsupportedCacheError
 from lazyllm.calibration import Calibration, calibrate
+from lazyllm.calls import UnsupportedCallError, UnsupportedGenerationError
 from lazyllm.config import PRESETS, ConfigError, LazyConfig
 from lazyllm.families import UnsupportedModelError
-from lazyllm.forward import UnsupportedCallError
-from lazyllm.patching import UnsupportedGenerationError, is_patched, patch, patched, stats, unpatch
+from lazyllm.patching import is_patched, patch, patched, stats, unpatch
 from lazyllm.stats import LazyStats
 
 __version__ = "0.1.0"

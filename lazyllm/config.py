@@ -7,11 +7,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Selection = Literal["attention", "random"]
-Revival = Literal["paper", "beat_weakest"]
-DecodeAttend = Literal["selected", "held"]
+import torch
+
+from lazyllm.scoring import pool_neighbours
 
 # Named schedules, written as (fraction of depth, keep ratio) so that one preset serves every depth.
 # A keep ratio is the share of the *prompt* kept from that layer on (not of the tokens left by the
@@ -42,12 +42,23 @@ def _is_int_at_least(value: object, minimum: int) -> bool:
 
 
 # The fields that say how tokens are scored at a cut (as opposed to where the cuts are and how much they keep).
-SCORING_FIELDS = ("score_window", "score_layers", "score_pool")
+SCORING_FIELDS = ("score_window", "score_pool")
+
+# Fields of saved configs from lazyllm 0.1 that are gone, with the values that behaved as today's library does
+# (docs/DECISIONS.md, "Options retired in the 0.2 redesign"). `seed` only mattered with selection="random".
+RETIRED_FIELDS: dict[str, object] = {
+    "revival": "paper",
+    "reselect_every": 1,
+    "decode_attend": "selected",
+    "selection": "attention",
+    "score_layers": 1,
+    "seed": None,
+}
 
 
 @dataclass(frozen=True)
 class LazyConfig:
-    """What LazyLLM prunes, validated on construction.
+    """What LazyLLM prunes, validated on construction (paper: arXiv 2407.14057, Sec. 3).
 
     Args:
         prune_layers: strictly increasing decoder-layer indices (>= 1) where pruning happens. At layer
@@ -55,56 +66,28 @@ class LazyConfig:
         keep_ratios: one per pruning layer, in (0, 1], non-increasing: the share of the prompt's tokens that
             layers `prune_layers[i]` and on compute. 1.0 everywhere means "prune nothing" (exact baseline).
         min_prompt_tokens: rows whose prompt is shorter than this are not pruned (every token kept).
-        revive: keep dropped tokens' hidden states (the Aux Cache) so that decoding steps can select them again.
-            `False` gives static pruning: what prefill dropped stays dropped.
-        selection: "attention" (LazyLLM) or "random" (the paper's random-drop baseline, for benchmarks).
-        seed: seed of the random selection.
-
-    Token scores (see `lazyllm.scoring`; the defaults are the paper's score, the last token's attention averaged
-    over heads):
-        score_window: in prefill, average the attention of the last `score_window` prompt tokens (each attends
-            causally, so the window's own tokens score only from the queries after them) instead of the last
-            token's alone. Decoding steps score with the new token alone (the paper): it is the token whose
-            next token is being computed (a window sliding through decoding measured no better).
-        score_layers: average the scores of this many layers before the cut (those since the previous cut at
-            most), so that one layer whose attention is unfocused does not decide alone. 1 = the layer before.
+        revive: keep dropped tokens' hidden states (the Aux Cache) so that decoding can compute them later, from
+            the layer where they stopped. `False` gives static pruning: what prefill dropped stays dropped.
+        revive_all_at: the decoding step (1 = the first) at which every parked token is revived in one batch;
+            from then on decoding runs unpruned (no selection, no masks). None: the paper's policy, where every
+            step re-selects the top share of the prompt with its new token, attends only those and revives the
+            chosen parked ones. Each token is computed at most once per layer either way.
+        score_window: in prefill, score with the mean attention of the last `score_window` prompt tokens (each
+            attends causally) instead of the last token's alone; decoding steps score with the new token.
         score_pool: max-pool the scores over this many neighbouring positions (odd) before choosing, so that a
-            number, name or phrase whose first token scores high goes on whole. 1 = no pooling.
-    Measured and dropped (README, "Token scores"): attention sinks, always keeping the last tokens, max over
-    heads, an adaptive attention-mass budget: none kept more answers than the window and pooling alone.
+            number or a name whose first token scores high goes on whole. 1 = no pooling.
 
-    Decoding (with `revive`; the defaults are the paper's: every step re-selects the top share of the prompt with
-    its new token, attends only those, and computes the chosen parked tokens from where they stopped). Each token is
-    still computed at most once per layer whatever the options:
-        revival: which parked tokens a re-selection brings back. "paper": every chosen one. "beat_weakest": only
-            those scoring above the weakest token the layer would attend without them (the chosen tokens it holds);
-            the others stay parked, and so unattended, this step.
-        reselect_every: re-select every `k` decoding steps (the first step always does); the steps between attend
-            what the last re-selection chose, plus the tokens generated since, and revive nothing. 1 = every step.
-        decode_attend: what the layers after a cut attend in decoding. "selected" (the paper): the chosen tokens,
-            masking the KV a layer holds of tokens not chosen this step. "held": every KV entry the layer holds
-            (no mask on one query); the selection then only decides what is revived.
-        revive_all_at: at this decoding step (1 = the first, the default) every parked token is revived, computed
-            from where it stopped in one batch, and the rest of the generation runs unpruned: no selection, no
-            masks, every token attended. The prefill's gain stays in the first token. Chosen as the default by a
-            rule written beforehand (README, "Fourth rule"): it kept more of the unpruned model's 128-token answers
-            than the paper's policy, and whole generations ran faster. None: never, the paper's policy (the other
-            decoding options apply only then). With `revive=False` nothing is parked, so nothing is revived.
+    With the defaults the token score is the paper's (the last token's attention, mean over heads). Subclasses
+    may override `rank_tokens`, the one extension point of the score.
     """
 
     prune_layers: tuple[int, ...] = ()
     keep_ratios: tuple[float, ...] = ()
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS
     revive: bool = True
-    selection: Selection = "attention"
-    seed: int = 0
-    score_window: int = 1
-    score_layers: int = 1
-    score_pool: int = 1
-    revival: Revival = "paper"
-    reselect_every: int = 1
-    decode_attend: DecodeAttend = "selected"
     revive_all_at: int | None = 1
+    score_window: int = 1
+    score_pool: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
@@ -132,37 +115,18 @@ class LazyConfig:
             raise ConfigError(f"min_prompt_tokens must be an integer >= 0, got {self.min_prompt_tokens!r}.")
         if not isinstance(self.revive, bool):
             raise ConfigError(f"revive must be True or False, got {self.revive!r}.")
-        if self.selection not in ("attention", "random"):
-            raise ConfigError(f"selection must be 'attention' or 'random', got {self.selection!r}.")
+        step = self.revive_all_at
+        if step is not None and not _is_int_at_least(step, 1):
+            raise ConfigError(f"revive_all_at must be a decoding step >= 1 (or None: never), got {step!r}.")
         self._check_scoring()
-        self._check_decoding()
 
     def _check_scoring(self) -> None:
-        for name in ("score_window", "score_layers", "score_pool"):
+        for name in SCORING_FIELDS:
             value = getattr(self, name)
             if not _is_int_at_least(value, 1):
                 raise ConfigError(f"{name} must be an integer >= 1 (1 = the paper's score), got {value!r}.")
         if self.score_pool % 2 == 0:
             raise ConfigError(f"score_pool must be odd (a window centred on each token), got {self.score_pool}.")
-
-    def _check_decoding(self) -> None:
-        if self.revival not in ("paper", "beat_weakest"):
-            raise ConfigError(f"revival must be 'paper' or 'beat_weakest', got {self.revival!r}.")
-        every = self.reselect_every
-        if not _is_int_at_least(every, 1):
-            raise ConfigError(f"reselect_every must be an integer >= 1 (1 = every step, the paper), got {every!r}.")
-        if self.decode_attend not in ("selected", "held"):
-            raise ConfigError(f"decode_attend must be 'selected' or 'held', got {self.decode_attend!r}.")
-        step = self.revive_all_at
-        if step is not None and not _is_int_at_least(step, 1):
-            raise ConfigError(f"revive_all_at must be a decoding step >= 1 (or None: never), got {step!r}.")
-        paper_only = dict(revival="paper", reselect_every=1, decode_attend="selected")
-        changed = [name for name, value in paper_only.items() if getattr(self, name) != value]
-        if step == 1 and changed:
-            raise ConfigError(
-                f"{', '.join(changed)} shape the decoding steps before revive_all_at, and revive_all_at=1 (the "
-                "default) leaves none: pass revive_all_at=None (the paper's policy) or a later step."
-            )
 
     @classmethod
     def preset(cls, name: str, num_layers: int, **overrides: object) -> LazyConfig:
@@ -215,18 +179,26 @@ class LazyConfig:
                 f"prune_layers {self.prune_layers} reach past the model's {num_layers} layers: use indices below {num_layers}."
             )
 
-    def scoring_layers(self, cut_layer: int) -> range:
-        """The layers whose attention scores the tokens at `cut_layer`: up to `score_layers` of them, all after
-        the previous cut (they hold the same tokens)."""
-        index = self.prune_layers.index(cut_layer)
-        start = self.prune_layers[index - 1] if index else 0
-        return range(max(start, cut_layer - self.score_layers), cut_layer)
-
     def keep_counts(self, prompt_tokens: int) -> list[int]:
         """Tokens that each pruning layer keeps of a row with `prompt_tokens` tokens (all of them when it is short)."""
         if prompt_tokens < self.min_prompt_tokens:
             return [prompt_tokens] * len(self.keep_ratios)
         return [max(1, math.ceil(ratio * prompt_tokens)) for ratio in self.keep_ratios]
+
+    def prefill_fraction(self, num_layers: int) -> float:
+        """The prefill token fraction this schedule computes on a long prompt (keep counts not rounded): the
+        share of the unpruned prefill's `prompt tokens x num_layers` token-layers."""
+        bounds = [*self.prune_layers, num_layers]
+        kept = float(self.prune_layers[0] if self.prune_layers else num_layers)
+        for ratio, (start, end) in zip(self.keep_ratios, zip(bounds, bounds[1:])):
+            kept += ratio * (end - start)
+        return kept / num_layers
+
+    def rank_tokens(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores a cut chooses its top share by, from `scores (B, width)`: the attention each position got
+        (0 where the scoring layer holds no entry). The default max-pools over `score_pool` neighbours; a subclass
+        may rank otherwise (the benchmark rig's random-drop baseline does). Must return `(B, width)`."""
+        return pool_neighbours(scores, self.score_pool)
 
     def describe(self) -> str:
         """The schedule as 'layer:keep,...', the form `parse` reads."""
@@ -234,7 +206,7 @@ class LazyConfig:
 
     def describe_scoring(self) -> str:
         """The token score as a short label: "paper" (last token, mean over heads), or "window32+pool7+..."."""
-        labels = {"score_window": "window", "score_layers": "layers", "score_pool": "pool"}
+        labels = {"score_window": "window", "score_pool": "pool"}
         parts = [f"{labels[name]}{getattr(self, name)}" for name in SCORING_FIELDS if getattr(self, name) != 1]
         return "+".join(parts) or "paper"
 
@@ -264,8 +236,8 @@ class LazyConfig:
             raise ConfigError(
                 f"{path} is not a lazyllm config file (written by LazyConfig.save or `lazyllm calibrate`)."
             )
-        known = {f.name for f in fields(LazyConfig)}
-        unknown = sorted(set(data["config"]) - known)
+        settings = _without_retired(dict(data["config"]), path)
+        unknown = sorted(set(settings) - {f.name for f in fields(LazyConfig)})
         if unknown:
             raise ConfigError(
                 f"{path} sets {unknown}, which this lazyllm does not know (saved by lazyllm {data.get('lazyllm')}): "
@@ -277,10 +249,24 @@ class LazyConfig:
                 f"{path} was calibrated for {data.get('model') or 'a model'} with {data['num_layers']} layers; this "
                 f"model has {depth}: calibrate it with lazyllm.calibrate (or `lazyllm calibrate`)."
             )
-        settings = dict(data["config"])
         settings["prune_layers"] = tuple(settings.get("prune_layers", ()))
         settings["keep_ratios"] = tuple(settings.get("keep_ratios", ()))
         config = LazyConfig(**settings)
         if depth is not None:
             config.check_depth(depth)
         return config
+
+
+def _without_retired(settings: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """`settings` less the fields lazyllm 0.2 retired, refusing a file whose retired values changed behaviour."""
+    changed = [
+        f"{name}={settings[name]!r}"
+        for name, neutral in RETIRED_FIELDS.items()
+        if name in settings and neutral is not None and settings[name] != neutral
+    ]
+    if changed:
+        raise ConfigError(
+            f'{path} sets {", ".join(changed)}: lazyllm 0.2 retired these options (docs/DECISIONS.md, "Options '
+            'retired"); save the config again without them, or use lazyllm 0.1 for it.'
+        )
+    return {name: value for name, value in settings.items() if name not in RETIRED_FIELDS}

@@ -3,7 +3,7 @@
 `patch(model)` changes three attributes of the model instance (never its class, never its weights) and adds one
 forward hook per pruning layer:
 - the base model's `forward` (e.g. `model.model.forward`) becomes `lazyllm.forward.lazy_forward`;
-- the causal-LM `forward` notes whether the caller needs logits of every position (then pruning steps aside);
+- the causal-LM `forward` tells it whether the caller needs logits of every position (then pruning steps aside);
 - `generate` refuses, before any work, the generation modes a pruned cache cannot serve, and closes the stats;
 - a hook on the query projection of each layer before a pruning layer keeps the last token's query.
 `unpatch(model)` restores each attribute as it was and removes the hooks.
@@ -13,41 +13,39 @@ from __future__ import annotations
 
 import functools
 import inspect
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache
+from transformers import DynamicCache
 
-from lazyllm.cache import LazyState, check_cache
+from lazyllm.cache import recomputed_token_layers
+from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options
 from lazyllm.config import ConfigError, LazyConfig
-from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, check_attention_backend
-from lazyllm.forward import lazy_forward, prompt_lengths
+from lazyllm.families import FamilyAdapter, adapter_for, attention_windows
+from lazyllm.forward import lazy_forward
+from lazyllm.pruned_pass import query_hook
+from lazyllm.state import Slots
 from lazyllm.stats import LazyStats
 
 _MISSING = object()
 
 
-class UnsupportedGenerationError(ValueError):
-    """A `generate()` option a patched model cannot serve; raised before any work."""
-
-
 class LazyRuntime:
-    """Everything a patched model carries: schedule, adapter, per-cache state, last stats, installed patches."""
+    """What a patched model carries: its family, schedule and windows, the patches installed, the last stats.
+
+    It holds no per-call state: each call's state lives in its cache (`lazyllm.state`), and the queries a pass
+    scores with in that pass (`lazyllm.pruned_pass`), so threads generating on one model do not meet.
+    """
 
     def __init__(self, adapter: FamilyAdapter, config: LazyConfig) -> None:
         self.adapter = adapter
         self.config = config
         self.windows: list[int | None] = []  # per decoder layer: its sliding window, None for full attention
-        self.states: weakref.WeakKeyDictionary[Cache, LazyState] = weakref.WeakKeyDictionary()
         self.stats = LazyStats()
-        self.last_state: LazyState | None = None  # kept until generate() ends, for its self-check
-        self.last_token_only = False  # set by the causal-LM forward when its caller needs the last logits only
-        self.capturing = False  # the query hooks record only during a pruned forward
-        self.captured: dict[int, torch.Tensor] = {}  # layer -> (B, w, ...) the last w tokens' queries before RoPE
+        self._tables: list[Slots] = []  # positions of the last pruned cache's layers, for generate's self-check
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._replaced: list[tuple[object, str, object]] = []  # (owner, attribute, previous instance value)
 
@@ -57,7 +55,7 @@ class LazyRuntime:
         self.windows = attention_windows(model.config)
         original_base = self._forward_of(base)
         self._replace(base, _forward_attribute(base), functools.partial(lazy_forward, self, base, original_base))
-        self._replace(model, _forward_attribute(model), self._causal_forward(self._forward_of(model)))
+        self._replace(model, _forward_attribute(model), _causal_forward(self._forward_of(model)))
         self._replace(model, "generate", self._generate(model, model.generate))
         self._install_hooks(model)
 
@@ -76,11 +74,12 @@ class LazyRuntime:
         self._install_hooks(model)
 
     def _install_hooks(self, model: nn.Module) -> None:
+        """A hook on the query module of the layer before each cut: the queries a cut scores with."""
         layers = model.model.layers
-        scoring = {layer for cut in self.config.prune_layers for layer in self.config.scoring_layers(cut)}
-        for layer_index in sorted(scoring):
-            module = self.adapter.query_module(layers[layer_index])
-            self._hooks.append(module.register_forward_hook(self._capture_query(layer_index)))
+        for layer in sorted({cut - 1 for cut in self.config.prune_layers}):
+            module = self.adapter.query_module(layers[layer])
+            hook = query_hook(self.adapter, layer, self.config.score_window)
+            self._hooks.append(module.register_forward_hook(hook))
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
@@ -93,30 +92,7 @@ class LazyRuntime:
 
     @staticmethod
     def _forward_of(module: nn.Module) -> Callable[..., Any]:
-        return getattr(module, _forward_attribute(module))
-
-    # -- what the installed pieces do ------------------------------------------------------------------------
-    def _capture_query(self, layer_index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-            if self.capturing:
-                self.captured[layer_index] = self.adapter.last_queries(output, self.config.score_window).detach()
-
-        return hook
-
-    def _causal_forward(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        signature = inspect.signature(original)
-
-        @functools.wraps(original)
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            arguments = signature.bind_partial(*args, **kwargs).arguments
-            keep = arguments.get("logits_to_keep", 0)
-            self.last_token_only = arguments.get("labels") is None and isinstance(keep, int) and keep == 1
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.last_token_only = False
-
-        return forward
+        return getattr(module, _forward_attribute(module))  # type: ignore[no-any-return]
 
     def _generate(self, model: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
@@ -129,66 +105,41 @@ class LazyRuntime:
 
         return generate
 
-    # -- bookkeeping used by the forward ---------------------------------------------------------------------
-    def begin(self, cache: Cache, state: LazyState) -> None:
-        """A pruned prefill starts on `cache`."""
-        self.states[cache] = state
-        self.stats = state.stats
-        self.last_state = state
+    # -- what the forward reports (`lazyllm.forward.Host`) ---------------------------------------------------
+    def record(self, stats: LazyStats, cache: DynamicCache | None) -> None:
+        """A prefill starts: pruned (its `cache`), or unpruned (None)."""
+        self.stats = stats
+        self._tables = [layer.positions for layer in cache.layers] if cache is not None else []
 
-    def note_unpruned(self, reason: str, base: nn.Module, call: dict[str, Any]) -> None:
-        """An unpruned call: a prefill starts a fresh record, a decoding step is counted in the current one."""
-        cache = call["cache"]
-        if cache is not None and cache.get_seq_length() > 0 and not self.stats.pruned:
+    def record_unpruned_step(self, rows: int, layers: int) -> None:
+        """A decoding step of the unpruned forward, counted in the record of its unpruned prefill."""
+        if not self.stats.pruned:
             self.stats.decode_steps += 1
-            self.stats.decode_token_layers += len(prompt_lengths(call)) * len(base.layers)
-            return
-        lengths = prompt_lengths(call)
-        self.stats = LazyStats(
-            pruned=False,
-            fallback_reason=reason,
-            schedule=self.config.describe(),
-            num_layers=len(base.layers),
-            prompt_tokens=lengths,
-            kept_per_layer=[sum(lengths)] * len(base.layers),
-        )
-        self.last_state = None
+            self.stats.decode_token_layers += rows * layers
 
     def finish_generate(self) -> None:
-        if self.last_state is not None:
-            self.stats.recomputed_token_layers = self.last_state.recomputed_token_layers()
-        self.last_state = None
+        if self._tables:
+            self.stats.recomputed_token_layers = recomputed_token_layers(self._tables)
+        self._tables = []
+
+
+def _causal_forward(original: Callable[..., Any]) -> Callable[..., Any]:
+    """The causal LM's forward, telling the base model's whether its caller needs the last position's logits only."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+        keep = arguments.get("logits_to_keep", 0)
+        last_only = arguments.get("labels") is None and isinstance(keep, int) and keep == 1
+        return original(*args, **kwargs, **{LAST_TOKEN_ONLY: last_only})
+
+    return forward
 
 
 def _forward_attribute(module: nn.Module) -> str:
     """The attribute to replace: accelerate's hooks call `_old_forward` from their own `forward` wrapper."""
     return "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") else "forward"
-
-
-def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
-    """Raise `UnsupportedGenerationError` for generation modes that would misuse a pruned cache."""
-    config = kwargs.get("generation_config") or model.generation_config
-
-    def option(name: str) -> Any:
-        return kwargs.get(name, getattr(config, name, None))
-
-    problems = []
-    if (option("num_beams") or 1) > 1:
-        problems.append("beam search (num_beams > 1) reorders the cache; use greedy or sampling")
-    if option("assistant_model") is not None or option("prompt_lookup_num_tokens") is not None:
-        problems.append("assisted / prompt-lookup decoding verifies several tokens per step")
-    if option("prefill_chunk_size") is not None:
-        problems.append("prefill_chunk_size splits the prompt, but pruning needs the whole prompt at once")
-    if option("cache_implementation") not in (None, "dynamic"):
-        problems.append(f"cache_implementation={option('cache_implementation')!r}: only the default dynamic cache")
-    if problems:
-        raise UnsupportedGenerationError(
-            "lazyllm cannot serve this generate() call: "
-            + "; ".join(problems)
-            + ". Or run it with lazyllm.unpatch(model)."
-        )
-    check_cache(kwargs.get("cache", kwargs.get("past_key_values")), model.config)
-    check_attention_backend(model)
 
 
 def patch(model: nn.Module, config: LazyConfig | None = None) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Named time ranges of the pruned forward, for the decode breakdown (`lazyllm.bench.decode`); off by default.
+"""Named time ranges of the pruned forward, for the decode breakdown (the rig's `lazybench.decode`); off by default.
 
 The forward wraps its parts in `span("mask")`, `span("layers")`, ...; unless a benchmark installs a recorder with
 `recording(...)`, `span` returns one shared do-nothing context manager, so the ranges cost a function call each.

@@ -19,26 +19,48 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 import lazyllm
-from lazyllm.cache import LazyState
+from lazyllm.state import Slots, state_of
 from lazyllm.stats import LazyStats
 
 
+class Held:
+    """What a pruned cache holds, read from its layers: positions per layer, Aux Cache per cut, the rows' state."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache, self.state = cache, state_of(cache)
+        assert self.state is not None, "not a pruned cache"
+
+    @property
+    def positions(self) -> list[torch.Tensor | None]:
+        return [layer.positions.positions for layer in self.cache.layers]
+
+    @property
+    def aux(self) -> list[Slots]:
+        return [self.cache.layers[layer].parked for layer in self.state.config.prune_layers]
+
+
+def held(cache: Cache) -> Held | None:
+    """`Held` of a pruned cache, None for another cache."""
+    return Held(cache) if state_of(cache) is not None else None
+
+
 @contextmanager
-def recording(model: nn.Module) -> Iterator[list[tuple[Cache, LazyState]]]:
-    """Collect the (cache, state) of every pruned prefill inside the block (they stay alive while listed)."""
+def recording(model: nn.Module) -> Iterator[list[tuple[Cache, Held]]]:
+    """Collect the (cache, what it holds) of every pruned prefill inside the block (they stay alive while listed)."""
     runtime = model._lazyllm
-    seen: list[tuple[Cache, LazyState]] = []
-    begin = runtime.begin
+    seen: list[tuple[Cache, Held]] = []
+    record = runtime.record
 
-    def spy(cache: Cache, state: LazyState) -> None:
-        seen.append((cache, state))
-        begin(cache, state)
+    def spy(stats: LazyStats, cache: Cache | None) -> None:
+        record(stats, cache)
+        if cache is not None:
+            seen.append((cache, Held(cache)))
 
-    runtime.begin = spy
+    runtime.record = spy
     try:
         yield seen
     finally:
-        del runtime.begin  # the class's method again
+        del runtime.record  # the class's method again
 
 
 def real(positions: torch.Tensor) -> set[int]:
@@ -46,7 +68,7 @@ def real(positions: torch.Tensor) -> set[int]:
     return set(positions[positions >= 0].tolist())
 
 
-def check_kv(model: nn.Module, cache: Cache, state: LazyState) -> list[int]:
+def check_kv(model: nn.Module, cache: Cache, state: Held) -> list[int]:
     """Assert that `cache` holds what `state` says, with no token lost or computed twice; return the real
     (non-empty) entries of each layer, summed over rows."""
     config = model._lazyllm.config

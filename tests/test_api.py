@@ -1,6 +1,8 @@
 """The public surface: patch/unpatch symmetry, fallbacks that say why, and clear errors before any work."""
 
+import dataclasses
 import gc
+import weakref
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from kv_checks import check_kv, checked_generate, pruned_stats, recording
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 import lazyllm
-import lazyllm.forward
+import lazyllm.pruned_pass
 
 SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=64)
 
@@ -74,6 +76,9 @@ def test_default_config_is_the_default_preset():
 def test_consecutive_generates_do_not_leak_state():
     model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
     first_ids, second_ids = random_ids(300, seed=1), random_ids(180, seed=2)
+    caches = []
+    record = model._lazyllm.record
+    model._lazyllm.record = lambda stats, cache: caches.append(weakref.ref(cache)) or record(stats, cache)
     with torch.inference_mode():
         first = model.generate(first_ids, max_new_tokens=20, do_sample=False)
         first_stats = pruned_stats(model)
@@ -84,7 +89,7 @@ def test_consecutive_generates_do_not_leak_state():
     assert first_stats.prompt_tokens == [300] and second_stats.prompt_tokens == [180]
     assert second_stats.decode_steps == 9 and lazyllm.stats(model).as_dict() == first_stats.as_dict()
     gc.collect()
-    assert len(model._lazyllm.states) == 0, "caches of finished generate() calls are not kept alive"
+    assert len(caches) == 3 and all(cache() is None for cache in caches), "finished generate()s' caches are freed"
 
 
 def test_short_prompts_and_full_sequence_calls_fall_back_exactly():
@@ -201,8 +206,8 @@ def test_stats_of_an_unpatched_model_is_an_error():
 def test_static_pruning_keeps_the_prefill_selection_in_decoding(monkeypatch):
     """revive=False (the benchmark's static rival): a cut layer never takes a token back, parks nothing, and
     decoding attends every token a layer holds (nothing is scored after the prefill)."""
-    scored, score = [], lazyllm.forward.attention_scores
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", lambda *args: scored.append(1) or score(*args))
+    scored, score = [], lazyllm.pruned_pass.attention_scores
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", lambda *args: scored.append(1) or score(*args))
     ids = random_ids(240, batch=2)
     mask = torch.ones_like(ids)
     mask[1, :40] = 0
@@ -230,15 +235,24 @@ def kept_by(model, ids, **options):
     return [seen[0][1].positions[layer][0].tolist() for layer in (2, 4)]
 
 
-def test_random_selection_is_seeded_and_not_the_attention_selection():
+@dataclasses.dataclass(frozen=True)
+class EarliestFirst(lazyllm.LazyConfig):
+    """A config whose cuts rank tokens by position, earliest first: the `rank_tokens` extension point."""
+
+    def rank_tokens(self, scores):
+        return -torch.arange(scores.shape[1], dtype=scores.dtype).expand_as(scores).clone()
+
+
+def test_a_subclass_ranks_the_tokens_through_rank_tokens():
     ids = random_ids(240)
     model = tiny_llama("gqa")
     attention = kept_by(model, ids)
-    first, again = kept_by(model, ids, selection="random"), kept_by(model, ids, selection="random")
-    other_seed = kept_by(model, ids, selection="random", seed=1)
-    assert first == again, "random selection is seeded"
-    for layer in range(2):
-        assert first[layer] != attention[layer] and first[layer] != other_seed[layer]
-        assert len(set(first[layer]) & set(attention[layer])) < 0.8 * len(first[layer])
+    earliest = EarliestFirst(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
+    lazyllm.patch(model, earliest)
+    with torch.inference_mode(), recording(model) as seen:
+        model(ids, logits_to_keep=1)
+    kept = [seen[0][1].positions[layer][0].tolist() for layer in (2, 4)]
+    assert kept == [[*range(119), 239], [*range(47), 239]], "the earliest prompt tokens, and the last token"
+    assert kept != attention
     with torch.inference_mode():
         checked_generate(model, ids, max_new_tokens=10, do_sample=False)

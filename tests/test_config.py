@@ -19,7 +19,7 @@ from lazyllm import PRESETS, ConfigError, LazyConfig
         (dict(min_prompt_tokens=1.5), "min_prompt_tokens"),
         (dict(min_prompt_tokens=True), "min_prompt_tokens"),
         (dict(revive="yes"), "revive"),
-        (dict(selection="topk"), "selection"),
+        (dict(revive_all_at=0), "revive_all_at"),
     ],
 )
 def test_bad_values_are_refused_with_a_hint(kwargs, message):

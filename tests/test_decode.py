@@ -1,16 +1,18 @@
-"""Decoding on a pruned cache: the revival policies, their bookkeeping, and the paper's policy kept as it was."""
-
-import math
+"""Decoding on a pruned cache: the decoding policies, their bookkeeping, and the paper's policy kept as it was."""
 
 import pytest
 import torch
 from conftest import random_ids, tiny_llama
+from kv_checks import held
 from transformers import DynamicCache
 
 import lazyllm
-import lazyllm.forward
-from lazyllm.bench.decode import POLICIES  # the policies the rig measures
-from lazyllm.cache import GrowingLayer, Slots
+import lazyllm.pruned_pass
+from lazyllm.cache import GrowingLayer
+from lazyllm.state import Slots
+
+# The library's decoding policies: the default (revive every parked token at step 1), the paper's, static pruning.
+POLICIES = {"default": {}, "paper": dict(revive_all_at=None), "static": dict(revive=False)}
 
 SCHEDULE = dict(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
 
@@ -61,7 +63,7 @@ def generate_manually(model, ids, steps):
             new.append(int(token))
             position = torch.tensor([[ids.shape[1] + step]])
             logits = model(token, past_key_values=cache, use_cache=True, position_ids=position).logits[:, -1]
-    return cache, model._lazyllm.states.get(cache), new
+    return cache, held(cache), new
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
@@ -117,21 +119,14 @@ def test_unpadded_batch_rows_decode_as_when_run_alone(policy):
             assert torch.equal(out, alone[0])
 
 
-def test_reselect_every_revives_only_on_reselection_steps():
-    model = tiny_llama("gqa")
-    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, reselect_every=4, revive_all_at=None))
-    generate_manually(model, random_ids(240), 13)
-    revived = lazyllm.stats(model).revived_per_step
-    assert revived[0] > 0
-    assert all(n == 0 for step, n in enumerate(revived) if step % 4), revived
-
-
 def test_revive_all_at_brings_every_parked_token_back_then_stops_choosing(monkeypatch):
     model = tiny_llama("gqa")
     lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, revive_all_at=3))
     selections = []
-    select = lazyllm.forward.select
-    monkeypatch.setattr(lazyllm.forward, "select", lambda *args: selections.append(args[4]) or select(*args))
+    choose = lazyllm.pruned_pass.LazyPass.choose
+    monkeypatch.setattr(
+        lazyllm.pruned_pass.LazyPass, "choose", lambda *args: selections.append(args[2]) or choose(*args)
+    )
     length, steps = 240, 8
     cache, state, _ = generate_manually(model, random_ids(length), steps)
     assert len(selections) == 3 * len(SCHEDULE["prune_layers"]), "prefill and steps 1-2 choose; step 3 on do not"
@@ -141,52 +136,6 @@ def test_revive_all_at_brings_every_parked_token_back_then_stops_choosing(monkey
     assert all(int(aux.held()) == 0 for aux in state.aux)
     revived = lazyllm.stats(model).revived_per_step
     assert revived[2] > 0 and revived[3:] == [0] * (steps - 3), revived
-
-
-def positional_scores(prefer):
-    """A stand-in scorer: late (or early) entries score highest (entries in position order: one unpadded row)."""
-
-    def scores(queries, query_positions, keys, key_positions, allowed, scaling):
-        order = torch.arange(keys.shape[2], dtype=torch.float32)
-        return (order if prefer["late"] else -order)[None].expand(allowed.shape).masked_fill(~allowed, 0.0).clone()
-
-    return scores
-
-
-def next_logits_after_turnaround(monkeypatch, **policy):
-    """Prefill keeps the latest quarter; the first decoding step's scores prefer the earliest tokens."""
-    model = tiny_llama("gqa")
-    length = 200
-    config = lazyllm.LazyConfig(
-        prune_layers=(3,), keep_ratios=(0.25,), min_prompt_tokens=0, revive_all_at=None, **policy
-    )
-    lazyllm.patch(model, config)
-    prefer = {"late": True}
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
-    ids = random_ids(length)
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        prefer["late"] = False
-        out = model(ids[:, -1:], past_key_values=cache, use_cache=True, position_ids=torch.tensor([[length]]))
-    return out.logits[:, -1], lazyllm.stats(model).revived_tokens
-
-
-def test_beat_weakest_revives_only_tokens_above_what_the_layer_holds(monkeypatch):
-    """The early tokens chosen now score below nothing the layer holds and would attend: none beats the weakest."""
-    _, paper_revived = next_logits_after_turnaround(monkeypatch)
-    _, revived = next_logits_after_turnaround(monkeypatch, revival="beat_weakest")
-    assert paper_revived == math.ceil(0.25 * 200)
-    assert revived == 0
-
-
-def test_held_attends_every_entry_the_layer_holds(monkeypatch):
-    """Nothing revived and every held entry attended: exactly static pruning; the paper attends other tokens."""
-    held, _ = next_logits_after_turnaround(monkeypatch, revival="beat_weakest", decode_attend="held")
-    static, _ = next_logits_after_turnaround(monkeypatch, revive=False)
-    selected, _ = next_logits_after_turnaround(monkeypatch, revival="beat_weakest")
-    assert torch.equal(held, static)
-    assert not torch.allclose(held, selected)
 
 
 def test_whole_generation_token_fraction_counts_prefill_and_decoding():
@@ -235,13 +184,9 @@ def test_growing_layer_appends_in_place_and_holds_what_concatenation_would():
 @pytest.mark.parametrize(
     "option",
     [
-        dict(revival="top"),
-        dict(reselect_every=0),
-        dict(reselect_every=True),
-        dict(decode_attend="all"),
         dict(revive_all_at=0),
-        dict(reselect_every=4),  # options of the steps before revive_all_at, whose default (1) leaves none
-        dict(revival="beat_weakest", revive_all_at=1),
+        dict(revive_all_at=True),
+        dict(revive_all_at=1.5),
     ],
 )
 def test_bad_decoding_options_are_refused(option):
@@ -249,21 +194,5 @@ def test_bad_decoding_options_are_refused(option):
         lazyllm.LazyConfig(**SCHEDULE, **option)
 
 
-def test_paper_options_work_with_a_later_revive_all_at_and_revive_false():
-    assert lazyllm.LazyConfig(**SCHEDULE, reselect_every=4, revive_all_at=3).reselect_every == 4
+def test_revive_false_keeps_the_default_revive_all_at():
     assert lazyllm.LazyConfig(**SCHEDULE, revive=False).revive_all_at == 1, "nothing is parked: nothing to revive"
-
-
-def test_the_decode_bench_times_every_step_and_splits_a_step_into_ranges():
-    from lazyllm.bench.decode import breakdown, timed_generation
-
-    model = tiny_llama("gqa")
-    inputs = {"input_ids": random_ids(200), "attention_mask": torch.ones(1, 200, dtype=torch.long)}
-    lazyllm.patch(
-        model, lazyllm.LazyConfig(prune_layers=(2,), keep_ratios=(0.3,), min_prompt_tokens=0, revive_all_at=None)
-    )
-    run = timed_generation(model, inputs, new_tokens=6, device="cpu")
-    assert len(run.step_ms) == 5 and run.stats["pruned"] and run.stats["decode_steps"] == 5
-    assert run.ttft_s <= run.whole_s(6) <= run.total_s
-    ranges = breakdown(model, inputs, new_tokens=6, device="cpu")
-    assert {"layers", "scoring", "mask", "bookkeeping"} <= set(ranges)

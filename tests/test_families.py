@@ -7,7 +7,7 @@ from kv_checks import checked_generate, pruned_stats
 from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import lazyllm
-import lazyllm.forward
+import lazyllm.pruned_pass
 
 SMALL = dict(SMALL_DIMS, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
 FAMILIES = {
@@ -49,8 +49,8 @@ def test_family_scores_are_the_eager_attention_maps(family, monkeypatch):
     the first cut hold every token, so the unpatched model's maps over the generated sequence are the reference."""
     model = build(family, attn_implementation="eager")
     ids = random_ids(60)
-    seen, score = [], lazyllm.forward.attention_scores
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", lambda *args: seen.append(score(*args)) or seen[-1])
+    seen, score = [], lazyllm.pruned_pass.attention_scores
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", lambda *args: seen.append(score(*args)) or seen[-1])
     paper = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.3,), min_prompt_tokens=0, revive_all_at=None)
     lazyllm.patch(model, paper)  # the paper's policy scores at every decoding step
     with torch.inference_mode():

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from conftest import SMALL_DIMS, missing, random_ids
+from kv_checks import held
 from transformers import (
     DynamicCache,
     Gemma3ForCausalLM,
@@ -23,7 +24,7 @@ from transformers import (
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 import lazyllm
-import lazyllm.forward
+import lazyllm.pruned_pass
 from lazyllm.cache import GrowingLayer
 from lazyllm.compat import CACHE_KWARG
 from lazyllm.families import rope_takes_layer_type
@@ -148,7 +149,7 @@ def test_pruning_and_revival_keep_the_cache_consistent():
     assert stats.kept_per_layer == [120, 120, 60, 60, 30, 30]
     assert stats.revived_tokens > 0, "random weights shift attention from step to step: some tokens come back"
     assert stats.recomputed_token_layers == 0
-    state = model._lazyllm.last_state or model._lazyllm.states[cache]
+    state = held(cache)
     for layer in range(6):
         positions = state.positions[layer]
         assert cache.layers[layer].keys.shape[2] == positions.shape[1]
@@ -172,7 +173,7 @@ def test_cuts_score_with_the_rope_and_keys_of_the_layer_before(monkeypatch):
         recorded.append(attention_scores(*args, **kwargs))
         return recorded[-1]
 
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", recording)
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", recording)
     lazyllm.patch(model, KEEP_ALL)
     with torch.inference_mode():
         model(ids, logits_to_keep=1)
@@ -206,12 +207,12 @@ def test_revived_tokens_go_through_sliding_layers_exactly(monkeypatch):
     paper = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(keep,), min_prompt_tokens=0, revive_all_at=None)
     lazyllm.patch(model, paper)
     prefer = {"late": True}
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", early_or_late_scores(prefer))
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", early_or_late_scores(prefer))
     k = math.ceil(keep * length)
     with torch.inference_mode():
         cache = DynamicCache()
         model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-        state = model._lazyllm.states[cache]
+        state = held(cache)
         assert state.positions[3][0].tolist() == list(range(length - k, length))
         prefer["late"] = False
         model(ids[:, -1:], **{CACHE_KWARG: cache}, use_cache=True, position_ids=torch.tensor([[length]]))
@@ -260,7 +261,7 @@ def gemma3():
 @needs_gemma3
 def test_keep_all_reproduces_gemma3_on_a_long_prompt(gemma3):
     """A ~1.1k-token completion prompt: over two windows of 512, so every sliding layer's window cuts in."""
-    from lazyllm.bench.tasks import long_document_question
+    from lazyllm.documents import long_document_question
 
     model, tokenizer = gemma3
     text, _ = long_document_question(tokenizer, length=1100)

@@ -19,7 +19,8 @@ import lazyllm
 
 def test_text_generation_pipeline_on_smollm2(smollm2) -> None:
     need("long_context_eval")
-    from lazyllm.bench.tasks import chat_prompt, long_document_question
+    from lazyllm.documents import long_document_question
+    from lazyllm.generation import chat_prompt
 
     model, tokenizer = smollm2
     text, _ = long_document_question(tokenizer, length=650)

@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 from conftest import random_ids, tiny_llama
-from kv_checks import check_kv, checked_generate, pruned_stats, relative_error
+from kv_checks import check_kv, checked_generate, held, pruned_stats, relative_error
 from transformers import DynamicCache
 
 import lazyllm
-import lazyllm.forward
+import lazyllm.pruned_pass
+from lazyllm.cache import recomputed_token_layers
 
 # The paper's decoding policy (revive_all_at=None): decoding steps choose and revive a few tokens each.
 SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0, revive_all_at=None)
@@ -19,7 +20,7 @@ def prefill(model, ids, **kwargs):
     """A manual prefill: returns (next-token logits, cache, lazyllm's state of that cache)."""
     cache = DynamicCache(config=model.config)
     out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
-    state = model._lazyllm.states.get(cache) if lazyllm.is_patched(model) else None
+    state = held(cache) if lazyllm.is_patched(model) else None
     return out.logits[:, -1], cache, state
 
 
@@ -78,7 +79,7 @@ def test_unchosen_keys_are_not_attended_in_decoding(monkeypatch, decode_prefers_
         model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.25,), min_prompt_tokens=0, revive_all_at=None)
     )
     prefer = {"late": True}
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", positional_scores(prefer))
     with torch.inference_mode():
         _, clean_cache, _ = prefill(model, ids)
         _, noisy_cache, _ = prefill(model, ids)
@@ -105,7 +106,7 @@ def test_revival_resumes_from_the_aux_cache_once(monkeypatch):
         model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(keep,), min_prompt_tokens=0, revive_all_at=None)
     )
     prefer = {"late": True}
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", positional_scores(prefer))
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", positional_scores(prefer))
     k = math.ceil(keep * length)
     with torch.inference_mode():
         _, cache, state = prefill(model, ids)
@@ -124,7 +125,7 @@ def test_revival_resumes_from_the_aux_cache_once(monkeypatch):
     with torch.inference_mode():
         decode(model, ids[:, -1:], cache, length + 1)
     assert lazyllm.stats(model).revived_tokens == k, "already revived tokens have KV: nothing is computed twice"
-    assert state.recomputed_token_layers() == 0
+    assert recomputed_token_layers([layer.positions for layer in cache.layers]) == 0
     assert check_kv(model, cache, state) == [length + 2] * 3 + [2 * k + 2] * 3
 
 
@@ -288,13 +289,13 @@ def test_scores_are_the_last_rows_of_the_attention_maps(shape, monkeypatch):
     with torch.inference_mode():
         maps = model(ids, output_attentions=True).attentions  # per layer (B, H, N, N)
     seen = {}
-    score = lazyllm.forward.attention_scores
+    score = lazyllm.pruned_pass.attention_scores
 
     def spy(*args):
         seen["scores"] = score(*args)
         return seen["scores"]
 
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", spy)
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", spy)
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0))
     with torch.inference_mode():
         model(ids, logits_to_keep=1)

@@ -9,21 +9,21 @@ from kv_checks import checked_generate
 from test_pruning import prefill
 
 import lazyllm
-import lazyllm.forward
+import lazyllm.pruned_pass
 from lazyllm.scoring import pool_neighbours
 
-ALL_OPTIONS = dict(score_window=16, score_layers=2, score_pool=5)
+ALL_OPTIONS = dict(score_window=16, score_pool=5)
 
 
 def spy_scores(monkeypatch) -> list[torch.Tensor]:
     """Record every score tensor the forward computes."""
-    seen, score = [], lazyllm.forward.attention_scores
+    seen, score = [], lazyllm.pruned_pass.attention_scores
 
     def spy(*args):
         seen.append(score(*args))
         return seen[-1]
 
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", spy)
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", spy)
     return seen
 
 
@@ -79,7 +79,7 @@ def test_pooled_spans_go_on_whole(monkeypatch):
         scores[key_positions == peak] = 1.0
         return scores.masked_fill(~allowed, 0.0)
 
-    monkeypatch.setattr(lazyllm.forward, "attention_scores", peaked)
+    monkeypatch.setattr(lazyllm.pruned_pass, "attention_scores", peaked)
     config = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.1,), min_prompt_tokens=0, score_pool=7)
     lazyllm.patch(model, config)
     with torch.inference_mode():
@@ -121,7 +121,6 @@ def test_scoring_options_prune_and_decode_with_revival_once():
     "options",
     [
         dict(score_window=0),
-        dict(score_layers=0),
         dict(score_pool=4),
         dict(score_pool=0),
     ],
@@ -133,36 +132,4 @@ def test_bad_scoring_options_raise(options):
 
 def test_scoring_labels():
     assert lazyllm.LazyConfig().describe_scoring() == "paper"
-    assert lazyllm.LazyConfig(**ALL_OPTIONS).describe_scoring() == "window16+layers2+pool5"
-
-
-def test_scores_of_several_layers_are_averaged(monkeypatch):
-    """score_layers=3 at a cut of layer 4: the mean of layers 1-3's window scores, as the eager maps give them."""
-    model = tiny_llama("gqa", "eager")
-    ids = random_ids(100)
-    with torch.inference_mode():
-        maps = model(ids, output_attentions=True).attentions
-    tables = []
-    score_table = lazyllm.forward.score_table
-
-    def spy(*args):
-        tables.append(score_table(*args))
-        return tables[-1]
-
-    monkeypatch.setattr(lazyllm.forward, "score_table", spy)
-    config = lazyllm.LazyConfig(
-        prune_layers=(4,), keep_ratios=(0.5,), min_prompt_tokens=0, score_window=4, score_layers=3
-    )
-    lazyllm.patch(model, config)
-    with torch.inference_mode():
-        model(ids, logits_to_keep=1)
-    assert len(tables) == 3
-    for layer, table in zip((1, 2, 3), tables):
-        expected = maps[layer][:, :, -4:].mean(dim=2).mean(dim=1)
-        assert (table - expected).abs().max().item() < 1e-6
-
-
-def test_scoring_layers_stay_after_the_previous_cut():
-    config = lazyllm.LazyConfig(prune_layers=(2, 5), keep_ratios=(0.5, 0.2), score_layers=4)
-    assert list(config.scoring_layers(2)) == [0, 1] and list(config.scoring_layers(5)) == [2, 3, 4]
-    assert list(lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,)).scoring_layers(3)) == [2]
+    assert lazyllm.LazyConfig(**ALL_OPTIONS).describe_scoring() == "window16+pool5"

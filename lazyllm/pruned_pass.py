@@ -1,0 +1,282 @@
+"""One call of the pruned forward over the decoder layers: the paper's steps as the methods of `LazyPass`.
+
+    for each decoder layer:
+        at a pruning layer (a cut):  scores = score(...)      the attention the query paid each token, layer before
+                                     chosen = choose(...)     top share of each row's prompt + last + generated tokens
+                                     park_and_revive(...)     unchosen tokens wait in the Aux Cache; chosen parked
+                                                              tokens come back, computed on from where they stopped
+        mask(...)                    the chosen keys at or before each query's position (within a sliding window)
+        run the layer                its KV is appended to the cache, with the tokens' positions
+
+Prefill starts with every prompt token; a decoding step with its new token. Shapes: B rows, q tokens in a pass,
+T entries a layer holds, `width` = 1 + the largest position (per-position tables), D hidden size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from lazyllm.compat import CACHE_KWARG
+from lazyllm.families import FamilyAdapter
+from lazyllm.masks import attention_mask_for
+from lazyllm.scoring import attention_scores
+from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
+from lazyllm.spans import span
+from lazyllm.state import LazyState, Slots
+
+# What the cuts of a pass do: choose tokens (prefill, the paper's decoding), bring every parked token back (the step
+# `revive_all_at`), or leave the tokens as they are (static pruning's steps, the steps after `revive_all_at`).
+Mode = Literal["choose", "revive_all", "as_is"]
+
+
+@dataclass
+class Tokens:
+    """The tokens a layer computes: hidden states and original positions, -1 marking empty slots."""
+
+    hidden: torch.Tensor  # (B, q, D)
+    positions: torch.Tensor  # (B, q), sorted per row, empty slots first, newest token last
+
+
+_CURRENT: ContextVar[LazyPass | None] = ContextVar("lazyllm_pass", default=None)  # the pass running in this thread
+
+
+def query_hook(adapter: FamilyAdapter, layer: int, window: int) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+    """A forward hook on the query module of `layer` that keeps the last `window` tokens' queries (before RoPE) for
+    the pass running in this thread, if any."""
+
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        current = _CURRENT.get()
+        if current is not None:
+            current.queries[layer] = adapter.last_queries(output, window).detach()
+
+    return hook
+
+
+class PositionEmbeddings:
+    """RoPE `(cos, sin)`, each `(B, q, head_dim)`, of one token set, computed once per RoPE kind (Gemma 3 has two)."""
+
+    def __init__(self, adapter: FamilyAdapter, base: nn.Module, tokens: Tokens) -> None:
+        self.adapter, self.base, self.tokens = adapter, base, tokens
+        self.computed: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def of(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `(cos, sin)` that decoder layer `layer` applies."""
+        kind = self.adapter.rope_kind(self.base.config, layer)
+        if kind not in self.computed:
+            positions = self.tokens.positions.clamp(min=0)
+            self.computed[kind] = self.adapter.rotary(self.base, self.tokens.hidden, positions, kind)
+        return self.computed[kind]
+
+
+class LazyPass:
+    """One prefill or decoding step of a pruned generation (its `state`, its `cache`) through `base`'s layers."""
+
+    def __init__(
+        self,
+        adapter: FamilyAdapter,
+        windows: list[int | None],
+        base: nn.Module,
+        cache: DynamicCache,
+        state: LazyState,
+        prefill: bool,
+    ) -> None:
+        self.adapter, self.windows, self.base, self.cache, self.state = adapter, windows, base, cache, state
+        self.config = state.config
+        self.prefill = prefill
+        self.layers = base.layers[: base.config.num_hidden_layers]
+        self.mode = self._mode()
+        self.queries: dict[int, torch.Tensor] = {}  # layer -> (B, w, ...) queries before RoPE, from `query_hook`
+        self.chosen: torch.Tensor | None = None  # (B, width): tokens the current layer may attend; None = all
+        self.embeddings: PositionEmbeddings | None = None  # RoPE of the current tokens
+
+    def _mode(self) -> Mode:
+        step, revive_all_at = self.state.step, self.config.revive_all_at
+        if self.prefill:
+            return "choose"
+        if revive_all_at is not None and step >= revive_all_at:
+            return "revive_all" if step == revive_all_at else "as_is"
+        return "choose" if self.config.revive else "as_is"
+
+    # -- the layer loop ----------------------------------------------------------------------------------------
+    def run(self, tokens: Tokens) -> torch.Tensor:
+        """Every decoder layer on `tokens`, re-chosen at pruning layers; returns the final-normed last token
+        `(B, 1, D)`. Nothing waits for the device but `pack`, once per cut (how many tokens go on)."""
+        with span("bookkeeping"):  # positions index per-row tables: one host sync per call
+            self.state.width = max(self.state.width, int(tokens.positions.max()) + 1)
+        revived: list[torch.Tensor] = []  # per cut: tokens brought back from its Aux Cache
+        computed: list[torch.Tensor] = []  # per layer: tokens computed
+        # A segment (the layers up to the next cut) computes one token set: one RoPE, one mask per window, one count.
+        self.embeddings = PositionEmbeddings(self.adapter, self.base, tokens)
+        masks: dict[int | None, torch.Tensor | None] = {}
+        count = (tokens.positions >= 0).sum()
+        context = _CURRENT.set(self)
+        try:
+            for index, layer in enumerate(self.layers):
+                if index in self.config.prune_layers:
+                    if self.mode != "as_is":
+                        tokens, revived_here = self.cut(index, tokens)
+                        revived.append(revived_here)
+                        count = (tokens.positions >= 0).sum()
+                    masks = {}  # each segment holds its entries in an order of its own
+                window = self.windows[index]
+                if window not in masks:
+                    with span("mask"):
+                        masks[window] = self.mask(index, tokens, window)
+                tokens = self.compute(index, layer, tokens, masks[window])
+                computed.append(count)
+        finally:
+            _CURRENT.reset(context)
+        with span("bookkeeping"):
+            self.record_stats(computed, revived)
+        return self.base.norm(tokens.hidden[:, -1:])
+
+    def compute(self, index: int, layer: nn.Module, tokens: Tokens, mask: torch.Tensor | None) -> Tokens:
+        """Decoder layer `index` on `tokens`; its KV and their positions are appended to the cache."""
+        assert self.embeddings is not None
+        with span("layers" if tokens.positions.shape[1] == 1 else "layers_revived"):
+            hidden = layer(
+                tokens.hidden,
+                attention_mask=mask,
+                position_ids=tokens.positions.clamp(min=0),
+                use_cache=True,
+                **{CACHE_KWARG: self.cache},
+                position_embeddings=self.embeddings.of(index),
+            )
+        with span("bookkeeping"):
+            self.table(index).append(tokens.positions)
+        return Tokens(hidden, tokens.positions)
+
+    # -- the paper's steps at a cut ----------------------------------------------------------------------------
+    def cut(self, index: int, tokens: Tokens) -> tuple[Tokens, torch.Tensor]:
+        """At pruning layer `index`: the tokens that go on (sets `self.chosen`, the table the following layers
+        attend) and `()` how many parked tokens came back."""
+        cut = self.config.prune_layers.index(index)
+        if self.mode == "revive_all":
+            everything = torch.ones_like(tokens.positions[:, :1], dtype=torch.bool).expand(-1, self.state.width)
+            with span("revival"):
+                tokens, revived = self.park_and_revive(cut, tokens, everything, keep_aux=False)
+            self.chosen = None
+        else:
+            with span("scoring"):
+                self.chosen = self.choose(self.score(index, tokens), index, cut, tokens)
+            with span("revival"):
+                tokens, revived = self.park_and_revive(cut, tokens, self.chosen, keep_aux=self.config.revive)
+        assert self.embeddings is not None
+        self.embeddings = PositionEmbeddings(self.adapter, self.base, tokens)
+        return tokens, revived
+
+    def score(self, index: int, tokens: Tokens) -> torch.Tensor:
+        """`(B, width)` the attention that the query paid each position in the layer before `index` (0 where it
+        holds no entry). The query: the last `score_window` prompt tokens in prefill, the new token in decoding."""
+        previous = index - 1
+        device = tokens.hidden.device
+        entries = self.entries(previous).to(device)  # (B, T)
+        window = self.config.score_window if self.prefill else 1
+        assert self.embeddings is not None
+        cos, sin = (part[:, -window:] for part in self.embeddings.of(previous))  # (B, w, d)
+        captured = self.queries[previous][:, -window:].to(device)
+        queries = self.adapter.queries(captured, self.layers[previous], cos, sin)  # (B, H, w, d)
+        keys = self.cache.layers[previous].keys.to(device)
+        scaling = self.layers[previous].self_attn.scaling
+        scores = attention_scores(
+            queries, tokens.positions[:, -window:], keys, entries, self.attended(entries), scaling
+        )
+        return to_table(scores, entries, self.state.width, 0.0)
+
+    def choose(self, scores: torch.Tensor, index: int, cut: int, tokens: Tokens) -> torch.Tensor:
+        """`(B, width)` the tokens that go on past cut `cut` (at layer `index`): the top `keep_counts` of each
+        row's prompt by `config.rank_tokens(scores)`, the last token, and every generated token."""
+        device = tokens.hidden.device
+        entries = self.entries(index - 1).to(device)  # (B, T): the tokens the layer before holds
+        attended = self.attended(entries)
+        ranked = self.config.rank_tokens(scores)  # (B, width)
+        is_prompt = self.state.is_prompt(entries)
+        candidates = to_table(attended & is_prompt, entries, self.state.width, False)
+        if self.prefill:  # the last token is the query of the next token: it is never dropped
+            ranked.scatter_(1, tokens.positions[:, -1:], float("inf"))
+        chosen = top_k_per_row(ranked, candidates, self.state.keep_counts[:, cut].to(device))
+        return chosen | to_table(attended & ~is_prompt, entries, self.state.width, False)
+
+    def park_and_revive(
+        self, cut: int, tokens: Tokens, chosen: torch.Tensor, keep_aux: bool
+    ) -> tuple[Tokens, torch.Tensor]:
+        """The tokens that go on past cut `cut`: those of `tokens` that are `chosen`, and the parked ones `chosen`
+        again; the others of `tokens` are parked in the cut's Aux Cache (when `keep_aux`). Returns them (sorted by
+        position, empty slots first) and `()` how many were revived."""
+        aux = self.parked(cut)
+        device = tokens.hidden.device
+        goes_on = lookup(chosen, tokens.positions)
+        index_on, positions_on = pack(tokens.positions, goes_on)
+        going_on = Tokens(gather_rows(tokens.hidden, index_on), positions_on)
+        revived = torch.zeros((), dtype=torch.long, device=device)
+        if aux.positions is not None:
+            back = lookup(chosen, aux.positions.to(device))  # (B, M)
+            revived = back.sum()
+            hidden_back, positions_back = aux.take(back)
+            if positions_back.shape[1]:
+                positions = torch.cat([positions_on, positions_back.to(device)], dim=1)
+                order, positions = pack(positions, positions >= 0)
+                hidden = torch.cat([going_on.hidden, hidden_back.to(device)], dim=1)
+                going_on = Tokens(gather_rows(hidden, order), positions)
+        if keep_aux:
+            index_off, positions_off = pack(tokens.positions, ~goes_on)
+            if positions_off.shape[1]:
+                aux.append(positions_off, gather_rows(tokens.hidden, index_off))
+        return going_on, revived
+
+    def mask(self, index: int, tokens: Tokens, window: int | None) -> torch.Tensor | None:
+        """The attention mask of layer `index` for `tokens` (see `masks.attention_mask_for`)."""
+        return attention_mask_for(
+            self.base.config,
+            self.entries(index),
+            tokens.positions,
+            self.chosen,
+            tokens.hidden.dtype,
+            window,
+            self.state.padded,
+        )
+
+    # -- where things are --------------------------------------------------------------------------------------
+    def table(self, layer: int) -> Slots:
+        """The positions of the KV entries `layer` holds, in cache order."""
+        return self.cache.layers[layer].positions  # type: ignore[no-any-return]
+
+    def parked(self, cut: int) -> Slots:
+        """The Aux Cache of cut `cut`."""
+        return self.cache.layers[self.config.prune_layers[cut]].parked  # type: ignore[no-any-return]
+
+    def entries(self, layer: int) -> torch.Tensor:
+        """`(B, T)` positions of the KV entries that `layer` holds (T = 0 before the layer first ran)."""
+        positions = self.table(layer).positions
+        rows = self.state.first_generated
+        return positions if positions is not None else rows.new_empty((len(rows), 0))
+
+    def attended(self, entries: torch.Tensor) -> torch.Tensor:
+        """`(B, T)` which of `entries` the current tokens may attend."""
+        return entries >= 0 if self.chosen is None else lookup(self.chosen, entries)
+
+    def record_stats(self, computed: list[torch.Tensor], revived: list[torch.Tensor]) -> None:
+        """Fold this pass's counts into the stats, reading them from the device in one go."""
+        device = computed[0].device
+        parked = [self.parked(cut).held() for cut in range(len(self.config.prune_layers))]
+        figures = torch.stack([t.to(device) for t in (*computed, *revived, *parked)]).tolist()
+        per_layer = [int(n) for n in figures[: len(computed)]]
+        revived_count = int(sum(figures[len(computed) : len(computed) + len(revived)]))
+        stats = self.state.stats
+        if self.prefill:
+            stats.kept_per_layer = per_layer
+        else:
+            new_tokens = self.state.first_generated.numel() * len(per_layer)  # each row's new token, in each layer
+            stats.decode_token_layers += sum(per_layer)
+            stats.revived_tokens += revived_count
+            stats.revived_per_step.append(revived_count)
+            stats.revived_token_layers += sum(per_layer) - new_tokens
+        stats.aux_cache_tokens = int(sum(figures[len(computed) + len(revived) :]))
+        stats.aux_cache_bytes = sum(self.parked(cut).bytes() for cut in range(len(self.config.prune_layers)))
