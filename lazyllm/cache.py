@@ -10,7 +10,7 @@ matters. A pruning layer also holds `parked`, the Aux Cache of the tokens droppe
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 from lazyllm.families import attention_windows
@@ -21,7 +21,7 @@ class UnsupportedCacheError(TypeError):
     """The cache given to a patched model is not one lazyllm can prune; the message says what to use."""
 
 
-def check_cache(cache: Cache | None, model_config: object) -> None:
+def check_cache(cache: Cache | None, model_config: PretrainedConfig) -> None:
     """Raise unless `cache` is None or a plain, non-offloading `DynamicCache` whose sliding-window layers (if any)
     belong to sliding-window attention layers of the model (`model_config`)."""
     if cache is None:
@@ -59,7 +59,7 @@ def with_growing_layers(cache: DynamicCache, num_layers: int) -> DynamicCache:
     return cache
 
 
-class GrowingLayer(DynamicLayer):
+class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # CacheLayerMixin.__init_subclass__
     """A `DynamicLayer` that appends in place into spare capacity instead of concatenating, and knows the position
     of each entry it holds (plus, where it applies, an Aux Cache and the rows' state).
 
@@ -70,7 +70,7 @@ class GrowingLayer(DynamicLayer):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, H, capacity, d) keys, values
         self._view: torch.Tensor | None = None  # the `keys` view handed out last
         self.positions = Slots()  # (B, entries): the position of each KV entry, -1 for an empty slot
@@ -80,14 +80,18 @@ class GrowingLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized or self.keys is not self._view:  # first call, or `keys` replaced since
+        view, buffers = self._view, self._buffers  # both set from the first call on
+        if not self.is_initialized or self.keys is not view or view is None or buffers is None:
+            # first call, or `keys` replaced since
             self._buffers = super().update(key_states, value_states, *args, **kwargs)
             self._view = self.keys
-            return self.keys, self.values
-        length, end = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
-        if end > self._buffers[0].shape[-2]:
-            self._buffers = tuple(_with_capacity(buffer, length, end + end // 8 + 64) for buffer in self._buffers)
-        keys, values = self._buffers
+            return self._buffers  # `(self.keys, self.values)`, as DynamicLayer.update returns them
+        length, end = view.shape[-2], view.shape[-2] + key_states.shape[-2]
+        if end > buffers[0].shape[-2]:
+            capacity = end + end // 8 + 64
+            buffers = _with_capacity(buffers[0], length, capacity), _with_capacity(buffers[1], length, capacity)
+            self._buffers = buffers
+        keys, values = buffers
         keys[..., length:end, :] = key_states
         values[..., length:end, :] = value_states
         self.keys, self.values = keys[..., :end, :], values[..., :end, :]

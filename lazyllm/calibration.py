@@ -174,7 +174,7 @@ def trial_record(trial: Trial) -> dict[str, Any]:
 
 
 def ladder(
-    num_layers: int, keeps: Sequence[tuple[float, ...]], depths: Sequence[float], **options: Any
+    num_layers: int, keeps: Sequence[tuple[float, ...]], depths: Sequence[float], **options: object
 ) -> list[LazyConfig]:
     """Schedules cutting first at each depth with each tuple of shares (a second cut halfway to the last layer),
     ordered from the cheapest prefill to the dearest."""

@@ -189,7 +189,7 @@ def _quiet_transformers(verbose: bool) -> int | None:
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     return previous
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import inspect
 from typing import Any
 
+import torch
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
@@ -21,15 +23,17 @@ _OUTPUT_CACHE_FIELD = (
 )
 
 
-def cache_argument(kwargs: dict[str, Any]) -> Any:
+def cache_argument(kwargs: dict[str, Any]) -> Cache | None:
     """Pop the cache a caller passed under either name (None when it passed none)."""
-    cache, legacy = kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
+    cache: Cache | None = kwargs.pop("cache", None)
+    legacy: Cache | None = kwargs.pop("past_key_values", None)
     return cache if cache is not None else legacy
 
 
-def model_output(last_hidden_state: Any, cache: Any) -> BaseModelOutputWithPast:
+def model_output(last_hidden_state: torch.Tensor, cache: Cache | None) -> BaseModelOutputWithPast:
     """The base model's output, its cache under the installed release's field name."""
-    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **{_OUTPUT_CACHE_FIELD: cache})
+    cache_field: dict[str, Any] = {_OUTPUT_CACHE_FIELD: cache}
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **cache_field)
 
 
 def gguf_dequantize_kwargs() -> dict[str, Any]:

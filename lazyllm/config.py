@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lazyllm.scoring import pool_neighbours
 
@@ -214,7 +215,7 @@ class LazyConfig:
         """The token-score fields, to carry a score over to another schedule."""
         return {name: getattr(self, name) for name in SCORING_FIELDS}
 
-    def save(self, path: str | Path, model: Any = None) -> None:
+    def save(self, path: str | Path, model: nn.Module | None = None) -> None:
         """Write the config as JSON, with the library version and (given `model`) the model's name and depth."""
         from lazyllm import __version__
 
@@ -229,7 +230,7 @@ class LazyConfig:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, model: Any = None) -> LazyConfig:
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> LazyConfig:
         """Read a config written by `save`; given `model`, refuse one saved for a model of another depth."""
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict):

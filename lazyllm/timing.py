@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ def interleaved(
     runs: dict[str, Callable[[], T]],
     repeats: int,
     warmup: int = 1,
-    progress: Callable[[str, int], Any] | None = None,
+    progress: Callable[[str, int], object] | None = None,
 ) -> dict[str, list[T]]:
     """Call every function of `runs` in turn (A, B, C, A, B, C, ...) `warmup + repeats` times.
 
