@@ -98,6 +98,25 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # CacheLayer
         self._view = self.keys
         return self.keys, self.values
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: the rows' KV, positions, Aux Cache and state follow the beams."""
+        super().reorder_cache(beam_idx)
+        self.batch_select_indices(beam_idx, kv=False)
+
+    def batch_select_indices(self, indices: torch.Tensor, kv: bool = True) -> None:
+        """Keep rows `indices` of the KV (`kv`), the positions, the Aux Cache and the state."""
+        if kv:
+            super().batch_select_indices(indices)
+        for table in (self.positions, self.parked, self.state):
+            if table is not None:
+                table.select_rows(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every row `repeats` times, with what the layer knows of it."""
+        super().batch_repeat_interleave(repeats)
+        rows = self.positions.positions.shape[0] if self.positions.positions is not None else 0
+        self.batch_select_indices(torch.arange(rows).repeat_interleave(repeats), kv=False)
+
 
 def _with_capacity(buffer: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
     """A `(B, H, capacity, d)` buffer holding the first `length` entries of `buffer`."""

@@ -7,15 +7,19 @@ last logits by passing `LAST_TOKEN_ONLY` down to the base model's forward (no st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import GenerationConfig
+from transformers.cache_utils import Cache
 
-from lazyllm.cache import check_cache
+from lazyllm.cache import UnsupportedCacheError, check_cache
 from lazyllm.config import LazyConfig
-from lazyllm.families import check_attention_backend
+from lazyllm.families import UnsupportedModelError, check_attention_backend
 
 LAST_TOKEN_ONLY = "lazyllm_last_token_only"  # keyword the causal LM's forward passes to the base model's
 
@@ -30,7 +34,7 @@ class UnsupportedGenerationError(ValueError):
 
 def prompt_lengths(attention_mask: torch.Tensor | None, embedded: torch.Tensor) -> list[int]:
     """Real (unpadded) tokens of each row of a call whose input is `embedded (B, q, ...)`."""
-    if attention_mask is not None and attention_mask.dim() == 2:
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
         return [int(n) for n in attention_mask.sum(dim=1).tolist()]
     return [embedded.shape[1]] * embedded.shape[0]
 
@@ -59,13 +63,8 @@ def fallback_reason(
     return None
 
 
-def check_decode_call(embedded: torch.Tensor, kwargs: dict[str, Any]) -> None:
-    """Raise for decoding calls on a pruned cache that cannot be served exactly as asked."""
-    if embedded.shape[1] != 1:
-        raise UnsupportedCallError(
-            f"a pruned cache can only be extended one token per call, got {embedded.shape[1]} tokens "
-            "(chunked prefill, assisted decoding or reusing a cache for a new turn): start from a fresh cache."
-        )
+def check_decode_call(kwargs: dict[str, Any]) -> None:
+    """Raise for calls on a pruned cache that cannot be served exactly as asked."""
     if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         raise UnsupportedCallError(
             "output_attentions / output_hidden_states cannot be served on a pruned cache: "
@@ -73,38 +72,65 @@ def check_decode_call(embedded: torch.Tensor, kwargs: dict[str, Any]) -> None:
         )
 
 
-def check_prefill_mask(real: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-    """Raise for a prefill mask that pruning cannot serve: 4D, or padding in the last column."""
-    if attention_mask is not None and attention_mask.dim() != 2:
-        raise UnsupportedCallError("lazyllm needs a 2D attention_mask (batch, tokens), got a 4D mask.")
-    if not bool(real[:, -1].all()):
-        raise UnsupportedCallError(
-            "the last column of attention_mask has padding: lazyllm needs left padding "
-            "(tokenizer.padding_side = 'left'), so that every row's last token is the query."
-        )
-
-
-def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
-    """Raise `UnsupportedGenerationError` for generation modes that would misuse a pruned cache."""
+def generate_problems(model: nn.Module, kwargs: dict[str, Any]) -> list[str]:
+    """The options of a `generate()` call that pruning cannot serve (the call then runs unpruned)."""
     config: GenerationConfig = kwargs.get("generation_config") or model.generation_config
 
     def option(name: str) -> Any:
         return kwargs.get(name, getattr(config, name, None))
 
     problems = []
-    if (option("num_beams") or 1) > 1:
-        problems.append("beam search (num_beams > 1) reorders the cache; use greedy or sampling")
     if option("assistant_model") is not None or option("prompt_lookup_num_tokens") is not None:
-        problems.append("assisted / prompt-lookup decoding verifies several tokens per step")
+        problems.append("assisted / prompt-lookup decoding (it verifies and crops several tokens per step)")
     if option("prefill_chunk_size") is not None:
-        problems.append("prefill_chunk_size splits the prompt, but pruning needs the whole prompt at once")
+        problems.append("prefill_chunk_size (pruning needs the whole prompt at once)")
     if option("cache_implementation") not in (None, "dynamic"):
-        problems.append(f"cache_implementation={option('cache_implementation')!r}: only the default dynamic cache")
+        problems.append(f"cache_implementation={option('cache_implementation')!r} (only the dynamic cache prunes)")
+    return problems
+
+
+def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    """`strict=True`: raise `UnsupportedGenerationError` (or the cache's or backend's error) before any work for a
+    `generate()` call that pruning cannot serve."""
+    problems = generate_problems(model, kwargs)
     if problems:
         raise UnsupportedGenerationError(
-            "lazyllm cannot serve this generate() call: "
-            + "; ".join(problems)
-            + ". Or run it with lazyllm.unpatch(model)."
+            "lazyllm cannot prune this generate() call: " + "; ".join(problems) + ". Run it with "
+            "lazyllm.unpatch(model), or without strict=True to run it unpruned."
         )
     check_cache(kwargs.get("cache", kwargs.get("past_key_values")), model.config)
     check_attention_backend(model)
+
+
+_UNPRUNED: ContextVar[str | None] = ContextVar("lazyllm_unpruned", default=None)  # per thread
+
+
+@contextmanager
+def running_unpruned(reason: str) -> Iterator[None]:
+    """Inside the block, this thread's calls of the patched model run unpruned, for `reason`."""
+    token = _UNPRUNED.set(reason)
+    try:
+        yield
+    finally:
+        _UNPRUNED.reset(token)
+
+
+def unservable_reason(base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None) -> str | None:
+    """Why pruning cannot serve a call that the unpruned forward serves (a `generate()` option, a cache other than
+    the dynamic one, an attention backend, a 4D mask), or None."""
+    try:
+        check_attention_backend(base)
+        check_cache(cache, base.config)
+    except (UnsupportedModelError, UnsupportedCacheError) as error:
+        return str(error)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        return "a prepared (4D or per-layer) attention mask (lazyllm builds its masks from a 2D one)"
+    return _UNPRUNED.get()
+
+
+def check_servable(base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None) -> None:
+    """Raise for a call that pruning cannot serve (`strict=True`, or a call on a pruned cache)."""
+    check_attention_backend(base)
+    check_cache(cache, base.config)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        raise UnsupportedCallError("lazyllm needs a 2D attention_mask (batch, tokens), got a prepared (4D) mask.")

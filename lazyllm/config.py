@@ -77,6 +77,8 @@ class LazyConfig:
             attends causally) instead of the last token's alone; decoding steps score with the new token.
         score_pool: max-pool the scores over this many neighbouring positions (odd) before choosing, so that a
             number or a name whose first token scores high goes on whole. 1 = no pooling.
+        strict: raise (`UnsupportedGenerationError`, `UnsupportedCacheError`, `UnsupportedCallError`) before any
+            work for a call that pruning cannot serve, instead of running it unpruned with a warning.
 
     With the defaults the token score is the paper's (the last token's attention, mean over heads). Subclasses
     may override `rank_tokens`, the one extension point of the score.
@@ -89,6 +91,7 @@ class LazyConfig:
     revive_all_at: int | None = 1
     score_window: int = 1
     score_pool: int = 1
+    strict: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
@@ -114,8 +117,9 @@ class LazyConfig:
             )
         if not _is_int_at_least(self.min_prompt_tokens, 0):
             raise ConfigError(f"min_prompt_tokens must be an integer >= 0, got {self.min_prompt_tokens!r}.")
-        if not isinstance(self.revive, bool):
-            raise ConfigError(f"revive must be True or False, got {self.revive!r}.")
+        for name in ("revive", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         step = self.revive_all_at
         if step is not None and not _is_int_at_least(step, 1):
             raise ConfigError(f"revive_all_at must be a decoding step >= 1 (or None: never), got {step!r}.")

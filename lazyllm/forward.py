@@ -26,18 +26,20 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from lazyllm.cache import GrowingLayer, check_cache, with_growing_layers
+from lazyllm.cache import GrowingLayer, with_growing_layers
 from lazyllm.calls import (
     LAST_TOKEN_ONLY,
     check_decode_call,
-    check_prefill_mask,
+    check_servable,
     fallback_reason,
     prompt_lengths,
+    unservable_reason,
 )
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.config import LazyConfig
-from lazyllm.families import FamilyAdapter, check_attention_backend
+from lazyllm.families import FamilyAdapter
 from lazyllm.pruned_pass import LazyPass, Tokens
+from lazyllm.selection import gather_rows, pack
 from lazyllm.state import LazyState, Slots, state_of
 from lazyllm.stats import LazyStats
 
@@ -71,17 +73,19 @@ def lazy_forward(
     """
     cache = cache_argument(kwargs)
     last_token_only = bool(kwargs.pop(LAST_TOKEN_ONLY, False))
-    check_attention_backend(base)
-    check_cache(cache, base.config)
     embedded = inputs_embeds if inputs_embeds is not None else input_ids
     assert embedded is not None, "give input_ids or inputs_embeds"
     state = state_of(cache)
+    if host.config.strict or state is not None:
+        check_servable(base, cache, attention_mask)
     if state is not None and cache is not None:
-        check_decode_call(embedded, kwargs)
-        return decode_step(host, base, state, cache, embed(base, input_ids, inputs_embeds), position_ids)
+        check_decode_call(kwargs)
+        hidden = embed(base, input_ids, inputs_embeds)
+        return decode_step(host, base, state, cache, hidden, attention_mask, position_ids)
     lengths = prompt_lengths(attention_mask, embedded)
     cache_length = cache.get_seq_length() if cache is not None else 0
-    reason = fallback_reason(host.config, base, lengths, cache_length, last_token_only, kwargs)
+    reason = unservable_reason(base, cache, attention_mask)
+    reason = reason or fallback_reason(host.config, base, lengths, cache_length, last_token_only, kwargs)
     if reason is not None:
         note_unpruned(host, base, reason, lengths, cache_length)
         call = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -127,10 +131,13 @@ def prefill(
     config = host.config
     batch, length = hidden.shape[:2]
     real = attention_mask.bool() if attention_mask is not None else hidden.new_ones((batch, length), dtype=torch.bool)
-    check_prefill_mask(real, attention_mask)
     if position_ids is None:
         position_ids = torch.arange(length, device=hidden.device)[None, :]
     positions = position_ids.expand(batch, length).masked_fill(~real, -1)
+    right_padded = not bool(real[:, -1].all())
+    if right_padded:  # each row's last real token is its query: pack the rows to the right
+        order, positions = pack(positions, real)
+        hidden, real = gather_rows(hidden, order), positions >= 0
 
     num_layers = len(base.layers)
     keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
@@ -138,6 +145,7 @@ def prefill(
     stats = LazyStats(pruned=True, schedule=config.describe(), num_layers=num_layers, prompt_tokens=lengths)
     state = LazyState(config, keep_counts, positions.max(dim=1).values + 1, stats)
     state.padded = not bool(real.all())
+    state.right_padded = right_padded
     layers: list[GrowingLayer] = cache.layers  # type: ignore[assignment]
     layers[0].state = state
     for cut in config.prune_layers:
@@ -153,13 +161,24 @@ def decode_step(
     state: LazyState,
     cache: DynamicCache,
     hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
 ) -> BaseModelOutputWithPast:
-    """One decoding step on a pruned cache: the new token `hidden (B, 1, D)`, plus the tokens it revives."""
+    """A call on a pruned cache: one decoding step (`hidden (B, 1, D)`, the new token, plus the tokens it revives),
+    or several new tokens (a new turn, a shared prefix's question), which revive every parked token first and are
+    themselves computed in every layer. Returns the new tokens' final-normed hidden states `(B, q, D)`."""
+    batch, count = hidden.shape[:2]
     if position_ids is None:
-        position_ids = torch.arange(1, device=hidden.device)[None, :] + cache.get_seq_length()
+        position_ids = torch.arange(count, device=hidden.device)[None, :] + cache.get_seq_length()
+    positions = position_ids.expand(batch, count)
+    if count > 1 and attention_mask is not None and attention_mask.dim() == 2:
+        real = attention_mask[:, -count:].bool()
+        positions = positions.masked_fill(~real, -1)  # a shorter row of the new segment is left-padded
+        state.padded |= not bool(real.all())
     state.step += 1
-    state.stats.decode_steps = state.step
-    tokens = Tokens(hidden, position_ids.expand(hidden.shape[0], 1))
-    last_hidden = LazyPass(host.adapter, host.windows, base, cache, state, prefill=False).run(tokens)
-    return model_output(last_hidden, cache)
+    if state.right_padded and count == 1:  # Transformers numbers a right-padded row's new tokens from its pads
+        positions = (state.first_generated + (state.step - 1))[:, None].to(hidden.device)
+    if count == 1:
+        state.stats.decode_steps += 1
+    lazy = LazyPass(host.adapter, host.windows, base, cache, state, prefill=False, extend=count > 1)
+    return model_output(lazy.run(Tokens(hidden, positions)), cache)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from lazyllm.cache import recomputed_token_layers
-from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options
+from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options, generate_problems, running_unpruned
 from lazyllm.config import ConfigError, LazyConfig
 from lazyllm.families import FamilyAdapter, adapter_for, attention_windows
 from lazyllm.forward import lazy_forward
@@ -46,6 +47,7 @@ class LazyRuntime:
         self.windows: list[int | None] = []  # per decoder layer: its sliding window, None for full attention
         self.stats = LazyStats()
         self._tables: list[Slots] = []  # positions of the last pruned cache's layers, for generate's self-check
+        self._warned: set[str] = set()  # fallback reasons already warned about
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._replaced: list[tuple[object, str, object]] = []  # (owner, attribute, previous instance value)
 
@@ -97,13 +99,27 @@ class LazyRuntime:
     def _generate(self, model: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def generate(*args: Any, **kwargs: Any) -> Any:
-            check_generate_options(model, kwargs)
+            if self.config.strict:
+                check_generate_options(model, kwargs)
+            problems = generate_problems(model, kwargs)
+            self._warn_once(problems)
             try:
-                return original(*args, **kwargs)
+                with running_unpruned("; ".join(problems)) if problems else nullcontext():
+                    return original(*args, **kwargs)
             finally:
                 self.finish_generate()
 
         return generate
+
+    def _warn_once(self, problems: list[str]) -> None:
+        for problem in problems:
+            if problem not in self._warned:
+                self._warned.add(problem)
+                warnings.warn(
+                    f"lazyllm: this generate() runs unpruned: {problem}. lazyllm.stats(model).fallback_reason says "
+                    "so after each call; LazyConfig(strict=True) raises instead.",
+                    stacklevel=3,
+                )
 
     # -- what the forward reports (`lazyllm.forward.Host`) ---------------------------------------------------
     def record(self, stats: LazyStats, cache: DynamicCache | None) -> None:

@@ -86,10 +86,12 @@ class LazyPass:
         cache: DynamicCache,
         state: LazyState,
         prefill: bool,
+        extend: bool = False,
     ) -> None:
         self.adapter, self.windows, self.base, self.cache, self.state = adapter, windows, base, cache, state
         self.config = state.config
         self.prefill = prefill
+        self.extend = extend  # several new tokens on a pruned cache: every parked token comes back first
         self.layers = base.layers[: base.config.num_hidden_layers]
         self.mode = self._mode()
         self.queries: dict[int, torch.Tensor] = {}  # layer -> (B, w, ...) queries before RoPE, from `query_hook`
@@ -100,6 +102,8 @@ class LazyPass:
         step, revive_all_at = self.state.step, self.config.revive_all_at
         if self.prefill:
             return "choose"
+        if self.extend:
+            return "revive_all"
         if revive_all_at is not None and step >= revive_all_at:
             return "revive_all" if step == revive_all_at else "as_is"
         return "choose" if self.config.revive else "as_is"
@@ -107,7 +111,11 @@ class LazyPass:
     # -- the layer loop ----------------------------------------------------------------------------------------
     def run(self, tokens: Tokens) -> torch.Tensor:
         """Every decoder layer on `tokens`, re-chosen at pruning layers; returns the final-normed last token
-        `(B, 1, D)`. Nothing waits for the device but `pack`, once per cut (how many tokens go on)."""
+        `(B, 1, D)` (of a call that adds q tokens: the last q, `(B, q, D)`). Nothing waits for the device but
+        `pack`, once per cut (how many tokens go on)."""
+        returned = tokens.positions.shape[1] if self.extend else 1
+        batch = tokens.positions.shape[0]
+        new_count = int((tokens.positions >= 0).sum()) if self.extend else batch  # one per row in a decoding step
         with span("bookkeeping"):  # positions index per-row tables: one host sync per call
             self.state.width = max(self.state.width, int(tokens.positions.max()) + 1)
         revived: list[torch.Tensor] = []  # per cut: tokens brought back from its Aux Cache
@@ -134,8 +142,8 @@ class LazyPass:
         finally:
             _CURRENT.reset(context)
         with span("bookkeeping"):
-            self.record_stats(computed, revived)
-        return self.base.norm(tokens.hidden[:, -1:])
+            self.record_stats(computed, revived, new_count)
+        return self.base.norm(tokens.hidden[:, -returned:])
 
     def compute(self, index: int, layer: nn.Module, tokens: Tokens, mask: torch.Tensor | None) -> Tokens:
         """Decoder layer `index` on `tokens`; its KV and their positions are appended to the cache."""
@@ -262,8 +270,9 @@ class LazyPass:
         """`(B, T)` which of `entries` the current tokens may attend."""
         return entries >= 0 if self.chosen is None else lookup(self.chosen, entries)
 
-    def record_stats(self, computed: list[torch.Tensor], revived: list[torch.Tensor]) -> None:
-        """Fold this pass's counts into the stats, reading them from the device in one go."""
+    def record_stats(self, computed: list[torch.Tensor], revived: list[torch.Tensor], new_count: int) -> None:
+        """Fold this pass's counts into the stats (`new_count`: the call's real new tokens), reading them from the
+        device in one go."""
         device = computed[0].device
         parked = [self.parked(cut).held() for cut in range(len(self.config.prune_layers))]
         figures = torch.stack([t.to(device) for t in (*computed, *revived, *parked)]).tolist()
@@ -273,7 +282,8 @@ class LazyPass:
         if self.prefill:
             stats.kept_per_layer = per_layer
         else:
-            new_tokens = self.state.first_generated.numel() * len(per_layer)  # each row's new token, in each layer
+            new_tokens = new_count * len(per_layer)  # the call's new tokens, in each layer
+            stats.turn_tokens += new_count if self.extend else 0
             stats.decode_token_layers += sum(per_layer)
             stats.revived_tokens += revived_count
             stats.revived_per_step.append(revived_count)

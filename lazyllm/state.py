@@ -70,6 +70,13 @@ class Slots:
                 self._compact()
         return taken, positions
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep rows `index (B',)` in that order (beam search reorders its rows at every step)."""
+        if self._positions is not None:
+            self._positions = self._positions.index_select(0, index.to(self._positions.device))
+        if self._hidden is not None:
+            self._hidden = self._hidden.index_select(0, index.to(self._hidden.device))
+
     def held(self) -> torch.Tensor:
         """`()` the number of non-empty slots, on the device (no host sync)."""
         positions = self.positions
@@ -109,8 +116,14 @@ class LazyState:
         self.first_generated = first_generated  # (B,): positions from here on are generated tokens
         self.stats = stats  # recorded by the forward; never read to decide anything
         self.padded = False  # whether some row has empty slots (then every mask is explicit)
+        self.right_padded = False  # whether the prompt was right-padded (then decoding places new tokens itself)
         self.width = 0  # 1 + the largest position seen: the width of per-position tables
         self.step = 0  # decoding steps run on this cache so far (0 during prefill)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep rows `index (B',)` in that order, as the cache's KV does (beam search)."""
+        self.keep_counts = self.keep_counts.index_select(0, index.to(self.keep_counts.device))
+        self.first_generated = self.first_generated.index_select(0, index.to(self.first_generated.device))
 
     def is_prompt(self, positions: torch.Tensor) -> torch.Tensor:
         """Whether each position is a prompt token (False for generated tokens and empty slots)."""

@@ -21,6 +21,7 @@ class LazyStats:
     prompt_tokens: list[int] = field(default_factory=list)  # real (unpadded) prompt tokens per row
     kept_per_layer: list[int] = field(default_factory=list)  # prefill: tokens computed in each layer
     decode_steps: int = 0
+    turn_tokens: int = 0  # tokens added to the pruned cache by calls of several tokens (later turns of a chat)
     decode_token_layers: int = 0  # token-layers computed in decoding (new tokens and revived ones)
     revived_tokens: int = 0  # times a token was taken back from an Aux Cache in decoding
     revived_token_layers: int = 0  # token-layers those revivals computed
@@ -55,7 +56,7 @@ class LazyStats:
         """Token-layers computed over the whole generation / what the unpruned model computes for it (prompt and
         every decoding step's new token in every layer): 1.0 unpruned, lower is less work."""
         rows = len(self.prompt_tokens)
-        full = (sum(self.prompt_tokens) + rows * self.decode_steps) * self.num_layers
+        full = (sum(self.prompt_tokens) + rows * self.decode_steps + self.turn_tokens) * self.num_layers
         return self.total_token_layers / full if full else 1.0
 
     def as_dict(self) -> dict[str, Any]:

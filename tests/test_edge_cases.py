@@ -13,6 +13,7 @@ import lazyllm.compat
 
 SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
 KEEP_ALL = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(1.0, 1.0), min_prompt_tokens=0)
+STRICT = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0, strict=True)
 GREEDY = dict(do_sample=False)
 CACHE_FIELD = "cache" if lazyllm.compat.CACHE_KWARG == "cache" else "past_key_values"  # of the outputs
 
@@ -89,8 +90,8 @@ def sliding_window_cache() -> DynamicCache:
         (dict(past_key_values="sliding"), "sliding-window"),
     ],
 )
-def test_unsupported_generate_options_fail_before_any_work(options, message):
-    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+def test_strict_refuses_unprunable_generate_options_before_any_work(options, message):
+    model = lazyllm.patch(tiny_llama("gqa"), STRICT)
     if options.get("assistant_model"):
         options["assistant_model"] = tiny_llama("gqa", seed=1)
     if options.get("past_key_values"):
@@ -105,14 +106,13 @@ def test_unsupported_generate_options_fail_before_any_work(options, message):
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("num_beams", 2, "beam search"),
         ("cache_implementation", "offloaded", "cache_implementation"),
         ("prompt_lookup_num_tokens", 3, "prompt-lookup"),
         ("prefill_chunk_size", 32, "prefill_chunk_size"),
     ],
 )
-def test_options_set_in_the_models_generation_config_are_refused(option, value, message):
-    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+def test_strict_refuses_options_set_in_the_models_generation_config(option, value, message):
+    model = lazyllm.patch(tiny_llama("gqa"), STRICT)
     setattr(model.generation_config, option, value)
     calls = []
     model.model.register_forward_pre_hook(lambda *args: calls.append(1))
@@ -121,8 +121,8 @@ def test_options_set_in_the_models_generation_config_are_refused(option, value, 
     assert calls == []
 
 
-def test_forward_calls_that_cannot_be_pruned_fail_before_the_layers_run():
-    model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
+def test_strict_refuses_forward_calls_that_cannot_be_pruned_before_the_layers_run():
+    model = lazyllm.patch(tiny_llama("gqa"), STRICT)
     ids = random_ids(120)
     calls = []
     model.model.layers[0].register_forward_pre_hook(lambda *args: calls.append(1))

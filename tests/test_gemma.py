@@ -6,6 +6,7 @@ Gemma 3's two RoPE bases (local 10k for sliding layers, global 1M for full ones)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -240,8 +241,8 @@ def test_other_layer_types_are_refused():
 
 
 @needs_gemma3
-def test_a_static_cache_is_refused_before_any_work():
-    model = lazyllm.patch(tiny_gemma3(), KEEP_ALL)
+def test_strict_refuses_a_static_cache_before_any_work():
+    model = lazyllm.patch(tiny_gemma3(), dataclasses.replace(KEEP_ALL, strict=True))
     with pytest.raises(lazyllm.UnsupportedGenerationError, match="cache_implementation"):
         model.generate(random_ids(40), max_new_tokens=2, cache_implementation="static")
 

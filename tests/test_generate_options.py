@@ -1,0 +1,260 @@
+"""Drop-in conformance: every `generate()` option a user can pass (Transformers' documentation of `generate()`).
+
+At keep 1.0 through the pruned path a patched model returns what the unpatched one returns (sequences equal,
+scores close); with pruning on, each call either prunes (the stats say so) or runs unpruned with its reason
+recorded. Llama and Qwen2 (another family, with its own attention bias). Also: later turns and shared prefixes on
+one cache, deep copies of a pruned cache, beam search, right padding, and two threads on one model.
+"""
+
+import copy
+import threading
+
+import pytest
+import torch
+from conftest import SMALL_DIMS, random_ids, tiny_llama
+from kv_checks import checked_generate
+from transformers import DynamicCache, GenerationConfig, Qwen2Config, Qwen2ForCausalLM, StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+import lazyllm
+
+
+def tiny_qwen2(attn: str = "sdpa", seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        **SMALL_DIMS, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+MODELS = {"llama": lambda attn="sdpa": tiny_llama("gqa", attn), "qwen2": tiny_qwen2}
+KEEP_ALL = lazyllm.LazyConfig(prune_layers=(5,), keep_ratios=(1.0,), min_prompt_tokens=0)
+PRUNE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
+
+
+class Collect(BaseStreamer):
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.tokens += value.flatten().tolist()
+
+    def end(self) -> None:
+        pass
+
+
+class StopAfter(StoppingCriteria):
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool)
+
+
+def left_padded(length: int = 120) -> dict[str, torch.Tensor]:
+    ids = random_ids(length, batch=2)
+    mask = torch.ones_like(ids)
+    mask[0, :30] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def right_padded(length: int = 120) -> dict[str, torch.Tensor]:
+    ids = random_ids(length, batch=2)
+    mask = torch.ones_like(ids)
+    mask[0, -30:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# name -> (inputs, generate options); each compared unpatched vs patched.
+OPTIONS = {
+    "greedy": (lambda: {"input_ids": random_ids(120)}, {}),
+    "sampling": (lambda: {"input_ids": random_ids(120)}, dict(do_sample=True, top_k=20, temperature=0.8)),
+    "beam_search": (lambda: {"input_ids": random_ids(120)}, dict(num_beams=3, num_return_sequences=2)),
+    "beam_sample": (lambda: {"input_ids": random_ids(120)}, dict(num_beams=2, do_sample=True)),
+    "prompt_lookup": (lambda: {"input_ids": random_ids(120)}, dict(prompt_lookup_num_tokens=3)),
+    "static_cache": (lambda: {"input_ids": random_ids(120)}, dict(cache_implementation="static")),
+    "left_padding": (left_padded, {}),
+    "right_padding": (right_padded, {}),
+    "logits_to_keep_and_all_outputs": (
+        lambda: {"input_ids": random_ids(120)},
+        dict(return_dict_in_generate=True, output_scores=True, output_logits=True),
+    ),
+    "attentions_hidden_states": (
+        lambda: {"input_ids": random_ids(120)},
+        dict(return_dict_in_generate=True, output_attentions=True, output_hidden_states=True),
+    ),
+    "num_return_sequences": (lambda: {"input_ids": random_ids(120)}, dict(do_sample=True, num_return_sequences=3)),
+    "generation_config": (
+        lambda: {"input_ids": random_ids(120)},
+        dict(generation_config=GenerationConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.3)),
+    ),
+    "stopping_criteria": (lambda: {"input_ids": random_ids(120)}, dict(stopping_criteria=[StopAfter(124)])),
+}
+
+
+def run(model, inputs, options, seed=0):
+    torch.manual_seed(seed)
+    options = dict(options)
+    if "generation_config" not in options:
+        options.setdefault("max_new_tokens", 8)
+    with torch.inference_mode():
+        return model.generate(**inputs, **options)
+
+
+def sequences(output):
+    return output if isinstance(output, torch.Tensor) else output.sequences
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_keep_all_returns_what_the_unpatched_model_returns(family, name):
+    make_inputs, options = OPTIONS[name]
+    model = MODELS[family]("eager" if "attentions" in name else "sdpa")
+    inputs = make_inputs()
+    expected = run(model, inputs, options)
+    with lazyllm.patched(model, KEEP_ALL):
+        got = run(model, inputs, options)
+        stats = lazyllm.stats(model)
+    if name == "right_padding":  # Transformers answers a right-padded row from its last pad; lazyllm from its last
+        got, expected = sequences(got)[1:], sequences(expected)[1:]  # real token (tested below): compare row 1 only
+    assert torch.equal(sequences(got), sequences(expected))
+    for field in ("scores", "logits"):
+        if getattr(expected, field, None) is not None:
+            for a, b in zip(getattr(got, field), getattr(expected, field)):
+                assert (a - b).abs().max().item() < 1e-4
+    assert stats.pruned or stats.fallback_reason, "either pruned or a recorded reason"
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_with_pruning_a_call_prunes_or_records_why_not(name):
+    make_inputs, options = OPTIONS[name]
+    model = lazyllm.patch(tiny_llama("gqa", "eager" if "attentions" in name else "sdpa"), PRUNE)
+    if name in ("prompt_lookup", "static_cache"):
+        with pytest.warns(UserWarning, match="runs unpruned"):
+            run(model, make_inputs(), options)
+    else:
+        run(model, make_inputs(), options)
+    stats = lazyllm.stats(model)
+    prunes = name not in ("prompt_lookup", "static_cache", "attentions_hidden_states")
+    assert stats.pruned == prunes, stats.fallback_reason
+    assert prunes or stats.fallback_reason
+
+
+def test_streamers_see_every_token_once():
+    model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
+    ids, streamer = random_ids(120), Collect()
+    out = run(model, {"input_ids": ids}, dict(streamer=streamer))
+    assert streamer.tokens == out[0].tolist() and lazyllm.stats(model).pruned
+
+
+def test_inputs_embeds_prune_like_input_ids():
+    model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
+    ids = random_ids(120)
+    with torch.inference_mode():
+        by_ids = model.generate(ids, max_new_tokens=8, do_sample=False)
+        by_embeds = model.generate(inputs_embeds=model.model.embed_tokens(ids), max_new_tokens=8, do_sample=False)
+    assert torch.equal(by_ids[0, 120:], by_embeds[0]) and lazyllm.stats(model).pruned
+
+
+@pytest.mark.parametrize("padding", [left_padded, right_padded])
+def test_padded_rows_prune_as_when_run_alone(padding):
+    model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
+    inputs = padding()
+    with torch.inference_mode():
+        batched, stats, _ = checked_generate(model, **inputs, max_new_tokens=8, do_sample=False)
+        for row in range(2):
+            real = inputs["attention_mask"][row].bool()
+            alone = model.generate(inputs["input_ids"][row, real][None], max_new_tokens=8, do_sample=False)
+            assert batched[row, -8:].tolist() == alone[0, -8:].tolist()
+    assert stats.prompt_tokens == [90, 120]
+
+
+def test_beam_search_prunes_and_keeps_the_cache_consistent():
+    model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
+    with torch.inference_mode():
+        checked_generate(model, random_ids(120), max_new_tokens=8, num_beams=3, do_sample=False)
+
+
+def two_turns(model, first, second, cache, **options):
+    """A first answer, then a second question on the same cache: (first turn's output, second turn's output)."""
+    with torch.inference_mode():
+        one = model.generate(**first, past_key_values=cache, max_new_tokens=6, do_sample=False, **options)
+        ids = torch.cat([one, second], dim=1)
+        mask = torch.cat([first["attention_mask"], torch.ones_like(ids[:, first["input_ids"].shape[1] :])], dim=1)
+        two = model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=6, do_sample=False)
+    return one, two
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_second_turn_on_the_same_cache_equals_the_unpatched_model(attn):
+    model = tiny_llama("gqa", attn)
+    first, second = left_padded(), random_ids(20, batch=2, seed=7)
+    expected = two_turns(model, first, second, DynamicCache(config=model.config))
+    with lazyllm.patched(model, KEEP_ALL):
+        got = two_turns(model, first, second, DynamicCache(config=model.config))
+        stats = lazyllm.stats(model)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert stats.pruned and stats.turn_tokens > 0
+
+
+def test_a_second_turn_revives_every_parked_token_first():
+    model = lazyllm.patch(tiny_llama("gqa"), lazyllm.LazyConfig(**_fields(PRUNE), revive_all_at=None))
+    cache = DynamicCache(config=model.config)
+    two_turns(
+        model,
+        {"input_ids": random_ids(120), "attention_mask": torch.ones(1, 120, dtype=torch.long)},
+        random_ids(20, seed=7),
+        cache,
+    )
+    stats = lazyllm.stats(model)
+    assert stats.pruned and stats.aux_cache_tokens == 0 and stats.recomputed_token_layers == 0
+
+
+def _fields(config):
+    return dict(prune_layers=config.prune_layers, keep_ratios=config.keep_ratios, min_prompt_tokens=0)
+
+
+def shared_prefix(model, prefix, questions):
+    """The Transformers prefix-reuse recipe: one prefix cache, a deep copy of it per question."""
+    cache = DynamicCache(config=model.config)
+    answers = []
+    with torch.inference_mode():
+        model(prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for question in questions:
+            ids = torch.cat([prefix, question], dim=1)
+            out = model.generate(ids, past_key_values=copy.deepcopy(cache), max_new_tokens=6, do_sample=False)
+            answers.append(out[0, ids.shape[1] :].tolist())
+    return answers, cache
+
+
+def test_shared_prefix_copies_equal_the_unpatched_model_and_do_not_mix():
+    model = tiny_llama("gqa")
+    prefix, questions = random_ids(120), [random_ids(10, seed=s) for s in (7, 8, 7)]
+    expected, _ = shared_prefix(model, prefix, questions)
+    with lazyllm.patched(model, KEEP_ALL):
+        got, _ = shared_prefix(model, prefix, questions)
+    assert got == expected
+    with lazyllm.patched(model, PRUNE):
+        pruned, cache = shared_prefix(model, prefix, questions)
+        assert pruned[0] == pruned[2], "the same question on two copies: the same answer"
+        assert cache.get_seq_length() == 120 and cache.layers[0].state.step == 0, "the prefix cache is untouched"
+
+
+def test_two_threads_on_one_patched_model_get_their_own_answers():
+    model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
+    prompts = [random_ids(160, seed=s) for s in (1, 2)]
+    with torch.inference_mode():
+        alone = [model.generate(p, max_new_tokens=12, do_sample=False) for p in prompts]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(index: int) -> None:
+        with torch.inference_mode():
+            for _ in range(3):
+                results[index] = model.generate(prompts[index], max_new_tokens=12, do_sample=False)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(torch.equal(results[i], alone[i]) for i in range(2))
