@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PretrainedConfig
 from transformers.cache_utils import Cache
 
 from lazyllm.cache import UnsupportedCacheError, check_cache
 from lazyllm.config import LazyConfig
-from lazyllm.families import UnsupportedModelError, check_attention_backend
+from lazyllm.families import BaseModel, UnsupportedModelError, check_attention_backend
 
 LAST_TOKEN_ONLY = "lazyllm_last_token_only"  # keyword the causal LM's forward passes to the base model's
 
@@ -41,7 +41,7 @@ def prompt_lengths(attention_mask: torch.Tensor | None, embedded: torch.Tensor) 
 
 def fallback_reason(
     config: LazyConfig,
-    base: nn.Module,
+    base: BaseModel,
     lengths: list[int],
     cache_length: int,
     last_token_only: bool,
@@ -74,7 +74,7 @@ def check_decode_call(kwargs: dict[str, Any]) -> None:
 
 def generate_problems(model: nn.Module, kwargs: dict[str, Any]) -> list[str]:
     """The options of a `generate()` call that pruning cannot serve (the call then runs unpruned)."""
-    config: GenerationConfig = kwargs.get("generation_config") or model.generation_config
+    config: GenerationConfig = kwargs.get("generation_config") or cast(GenerationConfig, model.generation_config)
 
     def option(name: str) -> Any:
         return kwargs.get(name, getattr(config, name, None))
@@ -98,7 +98,7 @@ def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
             "lazyllm cannot prune this generate() call: " + "; ".join(problems) + ". Run it with "
             "lazyllm.unpatch(model), or without strict=True to run it unpruned."
         )
-    check_cache(kwargs.get("cache", kwargs.get("past_key_values")), model.config)
+    check_cache(kwargs.get("cache", kwargs.get("past_key_values")), cast(PretrainedConfig, model.config))
     check_attention_backend(model)
 
 
@@ -120,7 +120,7 @@ def unservable_reason(base: nn.Module, cache: Cache | None, attention_mask: torc
     the dynamic one, an attention backend, a 4D mask), or None."""
     try:
         check_attention_backend(base)
-        check_cache(cache, base.config)
+        check_cache(cache, cast(PretrainedConfig, base.config))
     except (UnsupportedModelError, UnsupportedCacheError) as error:
         return str(error)
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
@@ -131,6 +131,6 @@ def unservable_reason(base: nn.Module, cache: Cache | None, attention_mask: torc
 def check_servable(base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None) -> None:
     """Raise for a call that pruning cannot serve (`strict=True`, or a call on a pruned cache)."""
     check_attention_backend(base)
-    check_cache(cache, base.config)
+    check_cache(cache, cast(PretrainedConfig, base.config))
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
         raise UnsupportedCallError("lazyllm needs a 2D attention_mask (batch, tokens), got a prepared (4D) mask.")

@@ -19,7 +19,7 @@ layer holds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ from lazyllm.calls import (
 )
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.config import LazyConfig
-from lazyllm.families import FamilyAdapter
+from lazyllm.families import BaseModel, FamilyAdapter
 from lazyllm.pruned_pass import LazyPass, Tokens
 from lazyllm.selection import gather_rows, pack
 from lazyllm.state import LazyState, Slots, state_of
@@ -72,37 +72,43 @@ def lazy_forward(
     The KV cache comes as `cache` (Transformers >= 5.24) or `past_key_values` (earlier releases).
     """
     cache = cache_argument(kwargs)
+    typed_base = cast(BaseModel, base)  # the same module, typed by what the pruned forward uses
     last_token_only = bool(kwargs.pop(LAST_TOKEN_ONLY, False))
     embedded = inputs_embeds if inputs_embeds is not None else input_ids
     assert embedded is not None, "give input_ids or inputs_embeds"
-    state = state_of(cache)
+    state = state_of(cast(DynamicCache | None, cache))  # None for any cache but a pruned one
     if host.config.strict or state is not None:
         check_servable(base, cache, attention_mask)
     if state is not None and cache is not None:
         check_decode_call(kwargs)
-        hidden = embed(base, input_ids, inputs_embeds)
-        return decode_step(host, base, state, cache, hidden, attention_mask, position_ids)
+        hidden = embed(typed_base, input_ids, inputs_embeds)
+        pruned = cast(DynamicCache, cache)  # it holds a state: a pruned cache
+        return decode_step(host, typed_base, state, pruned, hidden, attention_mask, position_ids)
     lengths = prompt_lengths(attention_mask, embedded)
     cache_length = cache.get_seq_length() if cache is not None else 0
     reason = unservable_reason(base, cache, attention_mask)
-    reason = reason or fallback_reason(host.config, base, lengths, cache_length, last_token_only, kwargs)
+    reason = reason or fallback_reason(host.config, typed_base, lengths, cache_length, last_token_only, kwargs)
     if reason is not None:
-        note_unpruned(host, base, reason, lengths, cache_length)
+        note_unpruned(host, typed_base, reason, lengths, cache_length)
         call = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        return original_forward(
+        output = original_forward(
             **call, inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: cache}, **kwargs
         )
-    hidden = embed(base, input_ids, inputs_embeds)
-    cache, last_hidden = prefill(host, base, hidden, attention_mask, position_ids, lengths, cache)
-    return model_output(last_hidden, cache if (use_cache if use_cache is not None else base.config.use_cache) else None)
+        return cast(BaseModelOutputWithPast, output)
+    hidden = embed(typed_base, input_ids, inputs_embeds)
+    dynamic = cast(DynamicCache | None, cache)  # servable: check_cache let only a dynamic cache (or none) through
+    cache, last_hidden = prefill(host, typed_base, hidden, attention_mask, position_ids, lengths, dynamic)
+    return model_output(
+        last_hidden, cache if (use_cache if use_cache is not None else typed_base.config.use_cache) else None
+    )
 
 
-def embed(base: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+def embed(base: BaseModel, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
     """`(B, q, D)` the input tokens' embeddings."""
-    return inputs_embeds if inputs_embeds is not None else base.embed_tokens(input_ids)
+    return inputs_embeds if inputs_embeds is not None else cast(torch.Tensor, base.embed_tokens(input_ids))
 
 
-def note_unpruned(host: Host, base: nn.Module, reason: str, lengths: list[int], cache_length: int) -> None:
+def note_unpruned(host: Host, base: BaseModel, reason: str, lengths: list[int], cache_length: int) -> None:
     """An unpruned call: a prefill starts a fresh record, a decoding step is counted in the current one."""
     if cache_length > 0:
         host.record_unpruned_step(len(lengths), len(base.layers))
@@ -120,7 +126,7 @@ def note_unpruned(host: Host, base: nn.Module, reason: str, lengths: list[int], 
 
 def prefill(
     host: Host,
-    base: nn.Module,
+    base: BaseModel,
     hidden: torch.Tensor,
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
@@ -157,7 +163,7 @@ def prefill(
 
 def decode_step(
     host: Host,
-    base: nn.Module,
+    base: BaseModel,
     state: LazyState,
     cache: DynamicCache,
     hidden: torch.Tensor,

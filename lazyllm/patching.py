@@ -16,16 +16,16 @@ import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
 
-from lazyllm.cache import recomputed_token_layers
+from lazyllm.cache import GrowingLayer, recomputed_token_layers
 from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options, generate_problems, running_unpruned
 from lazyllm.config import ConfigError, LazyConfig
-from lazyllm.families import FamilyAdapter, adapter_for, attention_windows
+from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, base_model
 from lazyllm.forward import lazy_forward
 from lazyllm.pruned_pass import query_hook
 from lazyllm.state import Slots
@@ -53,12 +53,12 @@ class LazyRuntime:
 
     # -- install / uninstall -------------------------------------------------------------------------------
     def install(self, model: nn.Module) -> None:
-        base = model.model
-        self.windows = attention_windows(model.config)
+        base = cast(nn.Module, model.model)
+        self.windows = attention_windows(cast(PretrainedConfig, model.config))
         original_base = self._forward_of(base)
         self._replace(base, _forward_attribute(base), functools.partial(lazy_forward, self, base, original_base))
         self._replace(model, _forward_attribute(model), _causal_forward(self._forward_of(model)))
-        self._replace(model, "generate", self._generate(model, model.generate))
+        self._replace(model, "generate", self._generate(model, cast(Callable[..., Any], model.generate)))
         self._install_hooks(model)
 
     def uninstall(self) -> None:
@@ -77,7 +77,7 @@ class LazyRuntime:
 
     def _install_hooks(self, model: nn.Module) -> None:
         """A hook on the query module of the layer before each cut: the queries a cut scores with."""
-        layers = model.model.layers
+        layers = base_model(model).layers
         for layer in sorted({cut - 1 for cut in self.config.prune_layers}):
             module = self.adapter.query_module(layers[layer])
             hook = query_hook(self.adapter, layer, self.config.score_window)
@@ -125,7 +125,7 @@ class LazyRuntime:
     def record(self, stats: LazyStats, cache: DynamicCache | None) -> None:
         """A prefill starts: pruned (its `cache`), or unpruned (None)."""
         self.stats = stats
-        self._tables = [layer.positions for layer in cache.layers] if cache is not None else []
+        self._tables = [cast(GrowingLayer, layer).positions for layer in cache.layers] if cache is not None else []
 
     def record_unpruned_step(self, rows: int, layers: int) -> None:
         """A decoding step of the unpruned forward, counted in the record of its unpruned prefill."""
@@ -170,7 +170,7 @@ def patch(model: nn.Module, config: LazyConfig | None = None) -> nn.Module:
         The same model, patched in place.
     """
     adapter = adapter_for(model)
-    num_layers = model.config.num_hidden_layers
+    num_layers: int = cast(PretrainedConfig, model.config).num_hidden_layers
     if config is None:
         config = LazyConfig.preset("default", num_layers)
     if not isinstance(config, LazyConfig):
@@ -182,7 +182,7 @@ def patch(model: nn.Module, config: LazyConfig | None = None) -> nn.Module:
         return model
     runtime = LazyRuntime(adapter, config)
     runtime.install(model)
-    model._lazyllm = runtime
+    model._lazyllm = runtime  # type: ignore[assignment]  # nn.Module types its attributes as tensors/modules
     return model
 
 
@@ -201,7 +201,7 @@ def is_patched(model: nn.Module) -> bool:
 @contextmanager
 def patched(model: nn.Module, config: LazyConfig | None = None) -> Iterator[nn.Module]:
     """Patch `model` for the `with` block; afterwards it is as before (unpatched, or patched with its old schedule)."""
-    previous = model._lazyllm.config if is_patched(model) else None
+    previous = cast(LazyRuntime, model._lazyllm).config if is_patched(model) else None
     patch(model, config)
     try:
         yield model
@@ -216,4 +216,4 @@ def stats(model: nn.Module) -> LazyStats:
     """Figures of the model's last `generate()` (or last prefill and the decoding steps after it)."""
     if not is_patched(model):
         raise ValueError("this model is not patched: call lazyllm.patch(model) first.")
-    return model._lazyllm.stats
+    return cast(LazyRuntime, model._lazyllm).stats

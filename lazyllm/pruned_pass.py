@@ -17,14 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from lazyllm.cache import GrowingLayer
 from lazyllm.compat import CACHE_KWARG
-from lazyllm.families import FamilyAdapter
+from lazyllm.families import BaseModel, FamilyAdapter, decoder_layer_attention
 from lazyllm.masks import attention_mask_for
 from lazyllm.scoring import attention_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
@@ -62,7 +63,7 @@ def query_hook(adapter: FamilyAdapter, layer: int, window: int) -> Callable[[nn.
 class PositionEmbeddings:
     """RoPE `(cos, sin)`, each `(B, q, head_dim)`, of one token set, computed once per RoPE kind (Gemma 3 has two)."""
 
-    def __init__(self, adapter: FamilyAdapter, base: nn.Module, tokens: Tokens) -> None:
+    def __init__(self, adapter: FamilyAdapter, base: BaseModel, tokens: Tokens) -> None:
         self.adapter, self.base, self.tokens = adapter, base, tokens
         self.computed: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -82,7 +83,7 @@ class LazyPass:
         self,
         adapter: FamilyAdapter,
         windows: list[int | None],
-        base: nn.Module,
+        base: BaseModel,
         cache: DynamicCache,
         state: LazyState,
         prefill: bool,
@@ -143,7 +144,7 @@ class LazyPass:
             _CURRENT.reset(context)
         with span("bookkeeping"):
             self.record_stats(computed, revived, new_count)
-        return self.base.norm(tokens.hidden[:, -returned:])
+        return cast(torch.Tensor, self.base.norm(tokens.hidden[:, -returned:]))
 
     def compute(self, index: int, layer: nn.Module, tokens: Tokens, mask: torch.Tensor | None) -> Tokens:
         """Decoder layer `index` on `tokens`; its KV and their positions are appended to the cache."""
@@ -191,8 +192,8 @@ class LazyPass:
         cos, sin = (part[:, -window:] for part in self.embeddings.of(previous))  # (B, w, d)
         captured = self.queries[previous][:, -window:].to(device)
         queries = self.adapter.queries(captured, self.layers[previous], cos, sin)  # (B, H, w, d)
-        keys = self.cache.layers[previous].keys.to(device)
-        scaling = self.layers[previous].self_attn.scaling
+        keys = cast(torch.Tensor, self.cache_layer(previous).keys).to(device)  # the layer before ran: it holds keys
+        scaling = decoder_layer_attention(self.layers[previous]).scaling
         scores = attention_scores(
             queries, tokens.positions[:, -window:], keys, entries, self.attended(entries), scaling
         )
@@ -252,13 +253,17 @@ class LazyPass:
         )
 
     # -- where things are --------------------------------------------------------------------------------------
+    def cache_layer(self, layer: int) -> GrowingLayer:
+        """Cache layer `layer` (a pruned cache's layers are `GrowingLayer`s)."""
+        return cast(GrowingLayer, self.cache.layers[layer])
+
     def table(self, layer: int) -> Slots:
         """The positions of the KV entries `layer` holds, in cache order."""
-        return self.cache.layers[layer].positions  # type: ignore[no-any-return]
+        return self.cache_layer(layer).positions
 
     def parked(self, cut: int) -> Slots:
-        """The Aux Cache of cut `cut`."""
-        return self.cache.layers[self.config.prune_layers[cut]].parked  # type: ignore[no-any-return]
+        """The Aux Cache of cut `cut` (set at every pruning layer by the prefill)."""
+        return cast(Slots, self.cache_layer(self.config.prune_layers[cut]).parked)
 
     def entries(self, layer: int) -> torch.Tensor:
         """`(B, T)` positions of the KV entries that `layer` holds (T = 0 before the layer first ran)."""
