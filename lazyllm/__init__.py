@@ -13,8 +13,7 @@ from lazyllm.config import PRESETS, ConfigError, LazyConfig
 from lazyllm.families import UnsupportedModelError
 from lazyllm.patching import is_patched, patch, patched, stats, unpatch
 from lazyllm.stats import LazyStats
-
-__version__ = "0.1.0"
+from lazyllm.version import __version__ as __version__
 
 __all__ = [
     "PRESETS",

@@ -221,7 +221,7 @@ class LazyConfig:
 
     def save(self, path: str | Path, model: nn.Module | None = None) -> None:
         """Write the config as JSON, with the library version and (given `model`) the model's name and depth."""
-        from lazyllm import __version__
+        from lazyllm.version import __version__
 
         settings = {f.name: getattr(self, f.name) for f in fields(LazyConfig)}
         config = getattr(model, "config", None)
