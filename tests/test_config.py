@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from lazyllm import PRESETS, ConfigError, LazyConfig
@@ -69,3 +72,20 @@ def test_keep_counts_round_up_and_spare_short_prompts():
     assert config.keep_counts(1001) == [501, 101]
     assert config.keep_counts(99) == [99, 99]
     assert LazyConfig(prune_layers=(2,), keep_ratios=(0.001,), min_prompt_tokens=0).keep_counts(10) == [1]
+
+
+SAVED_01 = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "smollm2-4k.lazyllm.json"
+
+
+def test_a_config_saved_by_lazyllm_01_still_loads():
+    config = LazyConfig.load(SAVED_01)
+    assert config.describe() == "24:0.5" and config.describe_scoring() == "window32+pool7"
+
+
+def test_a_saved_config_using_a_retired_option_says_what_changed(tmp_path):
+    data = json.loads(SAVED_01.read_text())
+    data["config"]["revival"] = "beat_weakest"
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="revival='beat_weakest'.*retired"):
+        LazyConfig.load(path)
