@@ -9,11 +9,11 @@ from lazybench import outputs
 
 RECORDS = Path(__file__).resolve().parents[1] / "results" / "outputs-before.jsonl"
 # Cheap cases (2k prompts): the default, the paper's decoding policy with three cuts, and two cuts.
-CASES = {
+CASES = [
     ("default", dict(task="niah_single", length=2048, index=0, seed=5)),
     ("aggressive+paper_policy", dict(task="niah_multikey", length=2048, index=1, seed=5)),
     ("balanced", dict(task="qa_squad", length=2048, index=0, seed=5)),
-}
+]
 
 
 @pytest.mark.real_model
