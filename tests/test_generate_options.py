@@ -111,7 +111,12 @@ def test_keep_all_returns_what_the_unpatched_model_returns(family, name):
     make_inputs, options = OPTIONS[name]
     model = MODELS[family]("eager" if "attentions" in name else "sdpa")
     inputs = make_inputs()
-    expected = run(model, inputs, options)
+    try:
+        expected = run(model, inputs, options)
+    except Exception as error:  # e.g. prompt lookup on a config without eos in Transformers 4.57: patched, the same
+        with lazyllm.patched(model, KEEP_ALL), pytest.raises(type(error)):
+            run(model, inputs, options)
+        return
     with lazyllm.patched(model, KEEP_ALL):
         got = run(model, inputs, options)
         stats = lazyllm.stats(model)
