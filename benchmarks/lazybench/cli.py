@@ -6,7 +6,7 @@
     python -m lazybench report RESULTS.jsonl... [--out DIR]   # the markdown report and plots from records alone
     python -m lazybench frontier ... / python -m lazybench choose RESULTS.jsonl   # the token scores' fidelity frontier
     python -m lazybench decode ...                        # whole generations step by step; the other tools:
-    python -m lazybench prefill_decode|gemma3_ttft|ttft_shapes|schedule_sweep|calibration_prompts --help
+    python -m lazybench prefill_decode|gemma3_ttft|ttft_shapes|schedule_sweep|calibration_prompts|dropin --help
 
 A run appends its records to `<out>/<profile>.jsonl` and then renders `<out>/<profile>.md` and its plots from that
 whole file (so earlier runs appended there are in the report too).
@@ -36,6 +36,7 @@ SUBCOMMANDS = (
     "ttft_shapes",
     "schedule_sweep",
     "calibration_prompts",
+    "dropin",
 )
 
 
