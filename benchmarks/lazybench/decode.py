@@ -47,6 +47,9 @@ POLICIES: dict[str, dict[str, Any]] = {
     "paper": dict(revive_all_at=None),
     "static": dict(revive=False, revive_all_at=None),
     "revive_all_at1": dict(revive_all_at=1),
+    # Candidates of the stall rule (docs/DECISIONS.md, section 12): the revival spread over the first k steps.
+    "revive_steps4": dict(revive_all_at=1, revive_steps=4),
+    "revive_steps16": dict(revive_all_at=1, revive_steps=16),
 }
 EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
 ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)

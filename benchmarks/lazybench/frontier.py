@@ -41,6 +41,7 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "window32": dict(score_window=32),
     "window32+pool7": dict(score_window=32, score_pool=7),
     "window32+pool7+static": dict(score_window=32, score_pool=7, revive=False),
+    "window32+pool7+revive_all_at1": dict(score_window=32, score_pool=7, revive_all_at=1),
     "pool7": dict(score_pool=7),
     "window32+pool15": dict(score_window=32, score_pool=15),
     "window8+pool7": dict(score_window=8, score_pool=7),
@@ -62,9 +63,10 @@ RETIRED_SCORINGS = (
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
 DEFAULT_MAX_NEW_TOKENS = 12
-# Prompts that choose defaults never appear in reported figures; "decode" chooses the decoding policy and "confirm"
-# tests what "decode" suggested, on prompts nothing else reads (README, fourth rule).
-SPLIT_SEEDS = {"report": 0, "select": 1, "decode": 3, "confirm": 4}
+# Prompts that choose defaults never appear in reported figures; "decode" chooses the decoding policy, "confirm"
+# tests what "decode" suggested, "stream" judges spreading the revival (docs/DECISIONS.md, sections 5 and 12).
+# Seeds 5-7 belong to other rig tools (outputs, conversation, dropin).
+SPLIT_SEEDS = {"report": 0, "select": 1, "decode": 3, "confirm": 4, "stream": 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +244,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=sorted(SPLIT_SEEDS),
         default="report",
         help="'select': prompts for choosing defaults (seed 1); 'report': held-apart prompts (seed 0); 'decode': "
-        "prompts for choosing the decoding policy (seed 3); 'confirm': fresh prompts to confirm it (seed 4)",
+        "prompts for choosing the decoding policy (seed 3); 'confirm': fresh prompts to confirm it (seed 4); 'stream': "
+        "prompts judging a spread revival (seed 8)",
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
