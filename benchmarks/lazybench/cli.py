@@ -31,6 +31,7 @@ SUBCOMMANDS = (
     "frontier",
     "choose",
     "decode",
+    "conversation",
     "prefill_decode",
     "gemma3_ttft",
     "ttft_shapes",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ _NIAH_TEMPLATE = (
 )
 _NIAH_ANSWER_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
 _NIAH_NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
+_NUMBER_NEEDLE = re.compile(r"One of the special magic numbers for (\S+) is: (\d+)\.")  # a needle of one number
 # RULER: DEPTHS = np.round(np.linspace(0, 100, num=40)), used for distractor needles.
 _DEPTH_GRID: tuple[float, ...] = tuple(round(100 * i / 39) / 100 for i in range(40))
 _MULTIKEY_NUM_KEYS = 4  # RULER niah_multikey_1: num_needle_k=4, num_needle_q=1
@@ -96,3 +98,19 @@ def niah_sample(task: str, tokenizer: Any, length: int, depth: float, rng: rando
     prompt = fit(build, tokenizer, length, length, prefix)
     answers = tuple(values[:num_values])
     return Sample(task, length, depth, prompt, answers, "all", prefix, tuple(needles[:num_values]))
+
+
+def niah_follow_up(sample: Sample, rng: random.Random) -> Sample:
+    """A second question on a ``niah_multikey`` sample's document (for two-question conversations): the number of
+    another of its needles' keys (one of the first question's distractors, drawn by ``rng``), asked in RULER's
+    one-value wording. The sample is not changed; the new one's ``prompt`` is the question alone, its ``depth``
+    the needle's character fraction of the document."""
+    if sample.task != "niah_multikey":
+        raise ValueError(f"a follow-up needs another needle's key: niah_multikey, not {sample.task!r}")
+    others = [m for m in _NUMBER_NEEDLE.finditer(sample.prompt) if m.group(0) not in sample.evidence]
+    needle = rng.choice(others)
+    key, value = needle.groups()
+    question = _singular(_NIAH_TEMPLATE).rsplit("\n", 1)[1].format(type_needle_v="number", query=key)
+    prefix = _singular(_NIAH_ANSWER_PREFIX).format(type_needle_v="number", query=key)
+    depth = round(needle.start() / len(sample.prompt), 4)
+    return Sample(sample.task, sample.length, depth, question, (value,), "all", prefix, (needle.group(0),))

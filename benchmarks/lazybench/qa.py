@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lazybench.sample import Sample
-from lazyllm.documents import QAData, Question, fit, qa_prompt, read_json, sample_rng, squad, unique
+from lazyllm.documents import QA_TEMPLATE, QAData, Question, fit, qa_prompt, read_json, sample_rng, squad, unique
 
 _QA_ANSWER_PREFIX = " Answer:"
 _MAX_DISTRACTOR_WORDS = 200  # longer QA paragraphs are not used as distractors
@@ -134,3 +134,28 @@ def qa_sample(
 
     prompt = fit(build, tokenizer, length, n_max, _QA_ANSWER_PREFIX)
     return Sample(task, length, depth, prompt, question.answers, "part", _QA_ANSWER_PREFIX, tuple(gold))
+
+
+def qa_follow_up(sample: Sample, rng: random.Random) -> Sample:
+    """A second question on a ``qa_squad`` / ``qa_hotpot`` sample's document (for two-question conversations):
+    another question of the same data set, drawn by ``rng``, whose gold paragraph(s) all stand whole in the document
+    (the first question's own or its distractors). The sample is not changed; the new one's ``prompt`` is RULER's
+    instruction and the question, without the documents, and its ``depth`` the first gold paragraph's character
+    fraction of the document."""
+    data = squad() if sample.task == "qa_squad" else hotpot()
+    asked = sample.prompt.rsplit("Question: ", 1)[-1]
+    present: dict[int, bool] = {}
+
+    def whole(i: int) -> bool:
+        if i not in present:
+            present[i] = data.docs[i] in sample.prompt
+        return present[i]
+
+    candidates = [q for q in data.questions if q.query != asked and all(whole(i) for i in q.gold)]
+    if not candidates:
+        raise ValueError(f"no other {sample.task} question has its gold paragraphs in this document")
+    question = rng.choice(candidates)
+    text = QA_TEMPLATE.split("{context}\n\n", 1)[1].format(query=question.query)
+    depth = round(sample.prompt.index(data.docs[question.gold[0]]) / len(sample.prompt), 4)
+    evidence = tuple(data.docs[i] for i in question.gold)
+    return Sample(sample.task, sample.length, depth, text, question.answers, "part", _QA_ANSWER_PREFIX, evidence)
