@@ -11,13 +11,17 @@ token-layers the whole generation computed. With `--breakdown`, one more run per
 of the pruned forward (`lazyllm.spans`): layers (split by whether they compute revived tokens), scoring and
 selection, revival (the Aux Cache), masks, bookkeeping; "other" is the rest of a step (embedding, LM head,
 generate()). On CUDA each range is bracketed by synchronisations, so the breakdown run is slower than the timed
-ones. Results are appended as JSON lines (machine, versions, command) and printed as markdown.
+ones. With `--stream`, every generation streams through a `TextIteratorStreamer` that notes when each token
+reaches it: a second table gives the first and second token's times, the stall between them (the revival at
+`revive_all_at`) and the p50 / p99 inter-token latency. Results are appended as JSON lines (machine, versions,
+command) and printed as markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import statistics
 import sys
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessorList, TextIteratorStreamer
 
 import lazyllm
 import lazyllm.models
@@ -51,29 +55,57 @@ POLICIES: dict[str, dict[str, Any]] = {
     "revive_steps4": dict(revive_all_at=1, revive_steps=4),
     "revive_steps16": dict(revive_all_at=1, revive_steps=16),
 }
+# Token scores (the rule for the presets' score, docs/DECISIONS.md section 11, times both).
+SCORES: dict[str, dict[str, Any]] = {"paper": {}, "window32+pool7": dict(score_window=32, score_pool=7)}
 EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
 ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)
 
 
 @dataclasses.dataclass
 class Generation:
-    """One timed generate(): TTFT, each decoding step's wall time, the whole call, and lazyllm's stats."""
+    """One timed generate(): TTFT, each decoding step's wall time, the whole call, lazyllm's stats and (with a
+    stream) when each token reached the streamer, in seconds from the call."""
 
     ttft_s: float
     step_ms: list[float]  # decoding steps 1..N-1
     total_s: float
     stats: dict[str, Any] | None
+    token_s: list[float] = dataclasses.field(default_factory=list)
 
     def whole_s(self, new_tokens: int) -> float:
         """Wall time of a generation of `new_tokens` tokens (TTFT plus its first `new_tokens - 1` steps)."""
         return self.ttft_s + sum(self.step_ms[: new_tokens - 1]) / 1000.0
 
+    def inter_token_ms(self) -> list[float]:
+        """The stream's gaps between consecutive tokens (the first is the stall after the first token)."""
+        return [1000.0 * (b - a) for a, b in zip(self.token_s, self.token_s[1:])]
 
-def timed_generation(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, device: str) -> Generation:
-    """One greedy generation of exactly `new_tokens` tokens, timed step by step, with lazyllm's stats."""
-    timed = timed_generate(model, inputs, new_tokens, device, force_length=True)
+
+class TokenTimes(TextIteratorStreamer):
+    """A `TextIteratorStreamer` (what a streaming app reads) that also notes when each new token reaches it, in
+    seconds from `start`; the text it yields holds words back until they end, so its chunks are not per token."""
+
+    def __init__(self, tokenizer: Any, start: float) -> None:
+        super().__init__(tokenizer, skip_prompt=True)
+        self.start, self.arrivals, self.prompt_seen = start, [], False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_seen:  # generate() first puts the prompt
+            self.arrivals.extend([time.perf_counter() - self.start] * int(value.numel()))
+        self.prompt_seen = True
+        super().put(value)
+
+
+def timed_generation(
+    model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, device: str, tokenizer: Any = None
+) -> Generation:
+    """One greedy generation of exactly `new_tokens` tokens, timed step by step, with lazyllm's stats; given the
+    `tokenizer`, streamed through `TokenTimes`."""
+    stream = TokenTimes(tokenizer, time.perf_counter()) if tokenizer is not None else None
+    timed = timed_generate(model, inputs, new_tokens, device, force_length=True, streamer=stream)
     stats = lazyllm.stats(model).as_dict() if lazyllm.is_patched(model) else None
-    return Generation(timed.ttft_s, timed.step_ms, timed.total_s, stats)
+    arrivals = stream.arrivals if stream is not None else []
+    return Generation(timed.ttft_s, timed.step_ms, timed.total_s, stats, arrivals)
 
 
 class RangeTimer:
@@ -124,15 +156,19 @@ def breakdown(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, devi
     return per_step
 
 
-def configurations(schedules: Sequence[str], policies: Sequence[str], num_layers: int) -> dict[str, Any]:
-    """name -> LazyConfig (None for the baseline): every schedule with every policy, pruning prompts of any length."""
+def configurations(
+    schedules: Sequence[str], policies: Sequence[str], num_layers: int, scores: Sequence[str] = ("paper",)
+) -> dict[str, Any]:
+    """name -> LazyConfig (None for the baseline): every schedule with every policy and token score, pruning
+    prompts of any length."""
+    for label, known in (*((p, POLICIES) for p in policies), *((t, SCORES) for t in scores)):
+        if label not in known:
+            raise SystemExit(f"unknown label {label!r}: choose from {', '.join(known)}")
     configs: dict[str, Any] = {BASELINE: None}
-    for schedule in schedules:
-        for policy in policies:
-            if policy not in POLICIES:
-                raise SystemExit(f"unknown policy {policy!r}: choose from {', '.join(POLICIES)}")
-            name = schedule if policy == "paper" else f"{schedule}+{policy}"
-            configs[name] = lazyllm.LazyConfig.parse(schedule, num_layers, min_prompt_tokens=0, **POLICIES[policy])
+    for schedule, policy, score in itertools.product(schedules, policies, scores):
+        name = "+".join(part for part in (schedule, policy, score) if part != "paper")
+        options = dict(min_prompt_tokens=0, **POLICIES[policy], **SCORES[score])
+        configs[name] = lazyllm.LazyConfig.parse(schedule, num_layers, **options)
     return configs
 
 
@@ -162,10 +198,41 @@ def summary(runs: list[Generation], base: list[Generation], new_tokens: int) -> 
             if n <= new_tokens
         },
     }
+    if all(r.token_s for r in runs):
+        row["stream"] = stream_summary(runs)
     stats = runs[-1].stats
     row["revived_tokens"] = stats["revived_tokens"] if stats else 0
     row["whole_generation_token_fraction"] = stats["whole_generation_token_fraction"] if stats else 1.0
     return row
+
+
+def stream_summary(runs: list[Generation]) -> dict[str, float]:
+    """What a stream saw, medians over rounds: first and second token (s from the call), the stall between them and
+    the p50 / p99 gap between tokens (ms)."""
+
+    def quantile(gaps: list[float], share: int) -> float:
+        return statistics.quantiles(gaps, n=100, method="inclusive")[share - 1]
+
+    return {
+        "first_s": median([r.token_s[0] for r in runs]),
+        "second_s": median([r.token_s[1] for r in runs]),
+        "stall_ms": median([r.inter_token_ms()[0] for r in runs]),
+        "itl_p50_ms": median([quantile(r.inter_token_ms(), 50) for r in runs]),
+        "itl_p99_ms": median([quantile(r.inter_token_ms(), 99) for r in runs]),
+    }
+
+
+def stream_table(rows: dict[str, dict[str, Any]]) -> str:
+    head = "| schedule | first token (s) | second token (s) | stall: gap 1-2 (ms) | ITL p50 (ms) | ITL p99 (ms) |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        if "stream" in row:
+            got = row["stream"]
+            lines.append(
+                f"| {name} | {got['first_s']:.2f} | {got['second_s']:.2f} | {got['stall_ms']:.0f} "
+                f"| {got['itl_p50_ms']:.1f} | {got['itl_p99_ms']:.1f} |"
+            )
+    return "\n".join(lines)
 
 
 def table(rows: dict[str, dict[str, Any]], new_tokens: int) -> str:
@@ -204,8 +271,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--schedules", nargs="+", default=["default", "balanced", "aggressive"])
     parser.add_argument("--policies", nargs="+", default=["paper"], help=", ".join(POLICIES))
+    parser.add_argument("--scores", nargs="+", default=["paper"], help=", ".join(SCORES))
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds after one warm-up round")
     parser.add_argument("--breakdown", action="store_true", help="one more run per configuration, ranges timed")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream every generation (TextIteratorStreamer): time to the first and second token, p50 / p99 ITL",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.jsonl"))
     args = parser.parse_args(argv)
     if args.new_tokens <= EARLY_STEPS + 1 or args.rounds < 1:
@@ -218,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
     model, tokenizer = lazyllm.models.load_model(args.model, dtype=dtype)
     model.to(args.device)
-    configs = configurations(args.schedules, args.policies, model.config.num_hidden_layers)
+    configs = configurations(args.schedules, args.policies, model.config.num_hidden_layers, args.scores)
     inputs = prompt_inputs(tokenizer, args.length, args.device)
     where = dict(
         kind="decode",
@@ -234,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for round_index in range(1 + args.rounds):
         for name, config in configs.items():
             apply(model, config)
-            result = timed_generation(model, inputs, args.new_tokens, args.device)
+            result = timed_generation(model, inputs, args.new_tokens, args.device, tokenizer if args.stream else None)
             print(f"round {round_index} {name}: {result.total_s:.1f} s", file=sys.stderr, flush=True)
             if round_index == 0:
                 continue  # warm-up
@@ -246,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{where['model']} on {args.device}, {where['prompt_tokens']} prompt tokens, {args.new_tokens} new tokens,")
     print(f"greedy, {args.rounds} interleaved rounds (medians), {json.dumps(where['machine'])}\n")
     print(table(rows, args.new_tokens))
+    if args.stream:
+        print("\nAs a stream sees it (times from the generate() call; ITL = gap between consecutive tokens)\n")
+        print(stream_table(rows))
     if args.breakdown:
         parts = {}
         for name, config in configs.items():
