@@ -89,10 +89,9 @@ def generate_problems(model: nn.Module, kwargs: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_generate_options(model: nn.Module, kwargs: dict[str, Any]) -> None:
+def check_generate_options(model: nn.Module, kwargs: dict[str, Any], problems: list[str]) -> None:
     """`strict=True`: raise `UnsupportedGenerationError` (or the cache's or backend's error) before any work for a
-    `generate()` call that pruning cannot serve."""
-    problems = generate_problems(model, kwargs)
+    `generate()` call that pruning cannot serve; `problems` are the call's `generate_problems`."""
     if problems:
         raise UnsupportedGenerationError(
             "lazyllm cannot prune this generate() call: " + "; ".join(problems) + ". Run it with "
@@ -115,22 +114,25 @@ def running_unpruned(reason: str) -> Iterator[None]:
         _UNPRUNED.reset(token)
 
 
-def unservable_reason(base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None) -> str | None:
+def unservable_reason(
+    base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None, *, strict: bool = False
+) -> str | None:
     """Why pruning cannot serve a call that the unpruned forward serves (a `generate()` option, a cache other than
-    the dynamic one, an attention backend, a 4D mask), or None."""
+    the dynamic one, an attention backend, a 4D mask), or None.
+
+    `strict` (`strict=True`, or a call on a pruned cache): raise instead for what the call itself brings (the
+    backend's or the cache's error, or `UnsupportedCallError` for a prepared mask); the reason of an enclosing
+    `running_unpruned` (a `generate()` option, which `strict=True` refused before the call) is still returned.
+    """
     try:
         check_attention_backend(base)
         check_cache(cache, cast(PretrainedConfig, base.config))
     except (UnsupportedModelError, UnsupportedCacheError) as error:
+        if strict:
+            raise
         return str(error)
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        if strict:
+            raise UnsupportedCallError("lazyllm needs a 2D attention_mask (batch, tokens), got a prepared (4D) mask.")
         return "a prepared (4D or per-layer) attention mask (lazyllm builds its masks from a 2D one)"
     return _UNPRUNED.get()
-
-
-def check_servable(base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None) -> None:
-    """Raise for a call that pruning cannot serve (`strict=True`, or a call on a pruned cache)."""
-    check_attention_backend(base)
-    check_cache(cache, cast(PretrainedConfig, base.config))
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
-        raise UnsupportedCallError("lazyllm needs a 2D attention_mask (batch, tokens), got a prepared (4D) mask.")

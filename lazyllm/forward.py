@@ -30,7 +30,6 @@ from lazyllm.cache import GrowingLayer, with_growing_layers
 from lazyllm.calls import (
     LAST_TOKEN_ONLY,
     check_decode_call,
-    check_servable,
     fallback_reason,
     prompt_lengths,
     unservable_reason,
@@ -77,8 +76,7 @@ def lazy_forward(
     embedded = inputs_embeds if inputs_embeds is not None else input_ids
     assert embedded is not None, "give input_ids or inputs_embeds"
     state = state_of(cast(DynamicCache | None, cache))  # None for any cache but a pruned one
-    if host.config.strict or state is not None:
-        check_servable(base, cache, attention_mask)
+    reason = unservable_reason(base, cache, attention_mask, strict=host.config.strict or state is not None)
     if state is not None and cache is not None:
         check_decode_call(kwargs)
         hidden = embed(typed_base, input_ids, inputs_embeds)
@@ -86,7 +84,6 @@ def lazy_forward(
         return decode_step(host, typed_base, state, pruned, hidden, attention_mask, position_ids)
     lengths = prompt_lengths(attention_mask, embedded)
     cache_length = cache.get_seq_length() if cache is not None else 0
-    reason = unservable_reason(base, cache, attention_mask)
     reason = reason or fallback_reason(host.config, typed_base, lengths, cache_length, last_token_only, kwargs)
     if reason is not None:
         note_unpruned(host, typed_base, reason, lengths, cache_length)

@@ -99,9 +99,9 @@ class LazyRuntime:
     def _generate(self, model: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def generate(*args: Any, **kwargs: Any) -> Any:
-            if self.config.strict:
-                check_generate_options(model, kwargs)
             problems = generate_problems(model, kwargs)
+            if self.config.strict:
+                check_generate_options(model, kwargs, problems)
             self._warn_once(problems)
             try:
                 with running_unpruned("; ".join(problems)) if problems else nullcontext():
