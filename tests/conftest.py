@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random Llama-family models (fast) and the real SmolLM2 model with real long text."""
+"""Shared fixtures: tiny random Llama-family models (fast) and the real SmolLM2 model with real long text.
+
+The tiny models' builders live in `tiny.py` (the rig's tests, benchmarks/tests, import them too); they are imported
+here so that `from conftest import tiny_llama` keeps working.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from typing import NoReturn
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import SMALL_DIMS, TINY_SHAPES, random_ids, tiny_llama
 
 torch.set_num_threads(2)
+
+__all__ = ["SMALL_DIMS", "TINY_SHAPES", "missing", "need", "random_ids", "tiny_llama"]
 
 REAL_MODEL_FILES = ("test_models.py",)  # the packaged SmolLM2 throughout (the marker is declared in pyproject.toml)
 # CI sets LAZYLLM_REQUIRE_DATA=1: a missing data package or optional dependency then fails the test, so that a
@@ -43,34 +49,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or "smollm2" in getattr(item, "fixturenames", ())
         ):
             item.add_marker(pytest.mark.real_model)
-
-
-# name -> LlamaConfig overrides. "xgen" is XGen-7B's shape scaled down: multi-head attention, 32 layers.
-TINY_SHAPES = {
-    "mha": dict(num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=4),
-    "gqa": dict(num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2),
-    "xgen": dict(
-        num_hidden_layers=32, num_attention_heads=4, num_key_value_heads=4, hidden_size=32, intermediate_size=64
-    ),
-}
-
-
-# The widths of every random-weight test model (each family adds its depth and heads).
-SMALL_DIMS = dict(vocab_size=256, hidden_size=64, intermediate_size=128, max_position_embeddings=4096)
-
-
-def tiny_llama(shape: str = "gqa", attn: str = "sdpa", seed: int = 0, **overrides: object) -> LlamaForCausalLM:
-    """A random-weight Llama small enough for unit tests (fp32, eval mode)."""
-    torch.manual_seed(seed)
-    settings = dict(SMALL_DIMS, rope_theta=10000.0, attn_implementation=attn)
-    settings.update(TINY_SHAPES[shape])
-    settings.update(overrides)
-    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
-
-
-def random_ids(length: int, batch: int = 1, seed: int = 1, vocab: int = 256) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab, (batch, length), generator=generator)
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,11 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -135,17 +135,11 @@ def _tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def test_load_model_from_local_directory(tmp_path: Path) -> None:
-    config = LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+    tiny = tiny_llama(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, max_position_embeddings=64
     )
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
-    _tiny_tokenizer(config.vocab_size).save_pretrained(tmp_path)
+    tiny.to(torch.bfloat16).save_pretrained(tmp_path)
+    _tiny_tokenizer(tiny.config.vocab_size).save_pretrained(tmp_path)
 
     model, tokenizer = load_model(str(tmp_path))
     assert isinstance(model, LlamaForCausalLM)
