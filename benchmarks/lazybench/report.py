@@ -2,7 +2,8 @@
 
 Runs of several files and machines are merged: each run's set-up and speed table are shown under its own heading;
 accuracy, fidelity and the rule pool every run's samples (each compared with its own run's baseline). Frontier
-records (`lazybench.frontier`) in the same files get their own section and plot (`choose`, `frontier_plot`).
+records (`lazybench.frontier`) in the same files get their own section and plot (`choose`, `frontier_plot`), and the
+GPU check's records (`benchmarks/gpu_check.py`, kinds in `gpu_report.KINDS`) their own section (`gpu_report.section`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lazybench import choose, frontier_plot, plots
+from lazybench import choose, frontier_plot, gpu_report, plots
 from lazybench.profiles import BASELINE, length_label
 from lazybench.records import Run, read, runs
 from lazybench.summary import accuracy_cells, fidelity_summary, frontier_points, generation_table, kvpress_summary
@@ -320,7 +321,8 @@ def render(paths: Sequence[Path], out: Path, name: str) -> Path:
     records = read(paths)
     all_runs = runs(records)
     fidelity = choose.read_records(paths)
-    if not all_runs and not fidelity:
+    gpu = [r for r in records if r["kind"] in gpu_report.KINDS]
+    if not all_runs and not fidelity and not gpu:
         raise ValueError(f"no benchmark records in {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     accuracy = [r for run in all_runs for r in run.accuracy]
@@ -348,6 +350,8 @@ def render(paths: Sequence[Path], out: Path, name: str) -> Path:
     if fidelity:
         frontier_plot.plot(fidelity, out / f"{name}_fidelity.png", frontier_plot.describe(fidelity))
         lines += [*token_score_section(fidelity, f"{name}_fidelity.png"), ""]
+    if gpu:
+        lines += gpu_report.section(gpu)
     path = out / f"{name}.md"
     path.write_text("\n".join(lines))
     return path
@@ -355,7 +359,12 @@ def render(paths: Sequence[Path], out: Path, name: str) -> Path:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lazybench report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, nargs="+", help="JSON-lines files of `python -m lazybench` or its frontier")
+    parser.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        help="JSON-lines files of `python -m lazybench`, its frontier or gpu_check.py",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first file's folder)")
     parser.add_argument("--name", default=None, help="report name: <name>.md, <name>_*.png (default: the file's stem)")
     return parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """`benchmarks/gpu_check.py`: its `--smoke` run (tiny shapes on CPU, in-process) measures every cell, writes valid JSON
-lines and a report rendered from them alone; the budget and out-of-memory paths skip cells and say so; without a CUDA
-GPU (and without --smoke) it refuses with a clear error."""
+lines and a report rendered from them alone (also by `python -m lazybench report`); the budget and out-of-memory paths
+skip cells and say so; without a CUDA GPU (and without --smoke) it refuses with a clear error."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lazybench.gpu_report import KINDS, render
+from lazybench.cli import main as lazybench_main
+from lazybench.gpu_report import KINDS, render, section
 
 SCRIPT = Path(__file__).resolve().parents[1] / "gpu_check.py"
 
@@ -79,6 +80,17 @@ def test_smoke_report_is_rendered_from_the_records_alone(smoke):
                 assert f"| {model} | {tokens} | {schedule} |" in markdown
             assert f"| {model} | 64 + 4 | {schedule} |" in markdown
     assert "CUDA tests: not run" in markdown and "smoke run" in markdown and "Interrupted" not in markdown
+
+
+def test_the_rig_report_renders_the_gpu_check_records(smoke, tmp_path, capsys):
+    out, records = smoke
+    assert lazybench_main(["report", str(out / "gpu-check.jsonl"), "--out", str(tmp_path), "--name", "rig"]) == 0
+    assert "bench report: wrote" in capsys.readouterr().out
+    markdown = (tmp_path / "rig.md").read_text()
+    assert markdown.startswith("# LazyLLM benchmark report")
+    assert "\n".join(section(records)) in markdown  # the GPU check's section, as gpu_report renders it
+    assert "## GPU check" in markdown and f"### Run {records[0]['run']}" in markdown
+    assert f"| {next(iter(gpu_check.SHAPES))} | 64 + 4 | baseline |" in markdown and "## Runs" not in markdown
 
 
 def test_budget_skips_cells_and_records_them(tmp_path, monkeypatch):
