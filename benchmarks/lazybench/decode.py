@@ -56,7 +56,11 @@ POLICIES: dict[str, dict[str, Any]] = {
     "revive_steps16": dict(revive_all_at=1, revive_steps=16),
 }
 # Token scores (the rule for the presets' score, docs/DECISIONS.md section 11, times both).
-SCORES: dict[str, dict[str, Any]] = {"paper": {}, "window32+pool7": dict(score_window=32, score_pool=7)}
+# Each names every score field, so that it overrides the score a preset carries.
+SCORES: dict[str, dict[str, Any]] = {
+    "paper": dict(score_window=1, score_pool=1),
+    "window32+pool7": dict(score_window=32, score_pool=7),
+}
 EARLY_STEPS = 16  # "steps 1-16": the burst of revivals right after prefill
 ANSWER_LENGTHS = (32, 128, 512)  # whole-generation speedups at these answer lengths (those the run reaches)
 

@@ -88,11 +88,11 @@ def candidate(scoring: str, schedule: str, num_layers: int) -> Candidate:
         raise SystemExit(f"unknown scoring {scoring!r}: choose from {', '.join(SCORINGS)}")
     # Token scores decode with the paper's policy, as when the frontier's records were made; "paper+<policy>" vary it.
     options = {"revive_all_at": None, **SCORINGS[scoring], "min_prompt_tokens": 0}
-    if schedule in lazyllm.PRESETS:
-        config = lazyllm.LazyConfig.preset(schedule, num_layers, **options)
+    if schedule in lazyllm.PRESETS:  # the preset's cuts: the label's score, not the one the preset carries
+        cuts = list(lazyllm.PRESETS[schedule])
     else:
         cuts = [tuple(float(x) for x in item.split(":")) for item in schedule.split(",")]
-        config = lazyllm.LazyConfig.place(cuts, num_layers, **options)
+    config = lazyllm.LazyConfig.place(cuts, num_layers, **options)
     return Candidate(scoring, schedule, config)
 
 

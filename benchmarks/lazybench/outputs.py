@@ -46,8 +46,11 @@ def digest(ids: torch.Tensor) -> str:
 
 
 def config_of(spec: dict[str, Any], num_layers: int) -> lazyllm.LazyConfig:
+    """The case's config: the preset's cuts with the paper's token score (what the presets were when the cases were
+    recorded) unless the spec names another."""
     options = dict(spec)
-    return lazyllm.LazyConfig.preset(options.pop("preset"), num_layers, min_prompt_tokens=1024, **options)
+    cuts = lazyllm.PRESETS[options.pop("preset")]
+    return lazyllm.LazyConfig.place(cuts, num_layers, min_prompt_tokens=1024, **options)
 
 
 def cases(tokenizer: Any) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
