@@ -15,7 +15,10 @@ import pytest
 import torch
 from tiny import SMALL_DIMS, TINY_SHAPES, random_ids, tiny_llama
 
-torch.set_num_threads(2)
+# Two threads (CI's machines have two cores), or OMP_NUM_THREADS where it is set: on a machine that other work
+# shares, two threads of tiny models' small matrix products can wait on each other for a whole time slice per call.
+_omp_threads = os.environ.get("OMP_NUM_THREADS", "")
+torch.set_num_threads(int(_omp_threads) if _omp_threads.isdigit() and int(_omp_threads) > 0 else 2)
 
 __all__ = ["SMALL_DIMS", "TINY_SHAPES", "missing", "need", "random_ids", "tiny_llama"]
 
@@ -70,3 +73,16 @@ def long_prompt_ids(smollm2):
     ids = tokenizer(chat_prompt(tokenizer, text), return_tensors="pt").input_ids
     assert ids.shape[1] >= 2000
     return ids, answer
+
+
+@pytest.fixture(scope="session")
+def long_prompt_logits(smollm2, long_prompt_ids):
+    """`(1, vocab)` the unpatched SmolLM2's next-token logits on `long_prompt_ids` (one 2,000-token prefill, shared
+    by the tests that compare a patched SmolLM2 with it)."""
+    import lazyllm
+
+    model, _ = smollm2
+    ids, _ = long_prompt_ids
+    assert not lazyllm.is_patched(model)
+    with torch.inference_mode():
+        return model(ids, logits_to_keep=1).logits[:, -1]

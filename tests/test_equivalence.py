@@ -49,11 +49,11 @@ def test_keep_all_matches_baseline_with_left_padding():
     assert torch.equal(out, base)
 
 
-def test_keep_all_matches_baseline_on_smollm2_real_text(smollm2, long_prompt_ids):
+def test_keep_all_matches_baseline_on_smollm2_real_text(smollm2, long_prompt_ids, long_prompt_logits):
     model, _ = smollm2
     ids, _ = long_prompt_ids
+    base_logits = long_prompt_logits  # the unpatched model's
     with torch.inference_mode():
-        base_logits = model(ids, logits_to_keep=1).logits[:, -1]
         base_text = model.generate(ids, max_new_tokens=64, do_sample=False)
         with lazyllm.patched(model, keep_all(30)):
             logits = model(ids, logits_to_keep=1).logits[:, -1]

@@ -35,12 +35,6 @@ from lazyllm.models import (
 )
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """SmolLM2 from the real cache, converting it first if this machine has never done so."""
-    return load_smollm2()
-
-
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LAZYLLM_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path
