@@ -2,13 +2,18 @@
 
 At keep 1.0 through the pruned path a patched model returns what the unpatched one returns (sequences equal,
 scores close); with pruning on, each call either prunes (the stats say so) or runs unpruned with its reason
-recorded. Llama and Qwen2 (another family, with its own attention bias). Also: later turns and shared prefixes on
-one cache, deep copies of a pruned cache, beam search, right padding, and two threads on one model.
+recorded. Llama and Qwen2 (another family, with its own attention bias). Options: greedy, sampling, beam search and
+beam sample, assisted and prompt-lookup decoding, static cache, left and right padding, `return_dict_in_generate` with
+scores / logits / attentions / hidden states, `num_return_sequences`, `generation_config` objects, stopping criteria
+and stop strings; streamers, `inputs_embeds` and a `torch.compile`d forward in tests of their own. Also: later turns
+and shared prefixes on one cache, deep copies of a pruned cache, beam search, right padding, and two threads on one
+model.
 
 `LAZYLLM_CONFORMANCE_FAMILIES` (comma-separated, default `llama,qwen2`) names the families the keep-1.0 matrix runs
 on: CI's environment 2 (the wheel with the oldest Transformers, `.ci/run`) sets it to `llama`, environment 1 runs both.
 """
 
+import contextlib
 import copy
 import os
 import threading
@@ -17,7 +22,15 @@ import pytest
 import torch
 from conftest import SMALL_DIMS, random_ids, tiny_llama
 from kv_checks import checked_generate
-from transformers import DynamicCache, GenerationConfig, Qwen2Config, Qwen2ForCausalLM, StoppingCriteria
+from tokenizers import Tokenizer, decoders, models
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    StoppingCriteria,
+)
 from transformers.generation.streamers import BaseStreamer
 
 import lazyllm
@@ -59,6 +72,17 @@ class StopAfter(StoppingCriteria):
         return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool)
 
 
+def characters() -> PreTrainedTokenizerFast:
+    """A tokenizer of the tiny models' 256 ids, one printable character each (stop strings need one)."""
+    backend = Tokenizer(models.BPE({chr(0x21 + i): i for i in range(SMALL_DIMS["vocab_size"])}, merges=[]))
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+# Stop at any of a third of the vocabulary: within a few of the tiny models' tokens.
+STOP_STRINGS = [chr(0x21 + i) for i in range(0, SMALL_DIMS["vocab_size"], 3)]
+
+
 def left_padded(length: int = 120) -> dict[str, torch.Tensor]:
     ids = random_ids(length, batch=2)
     mask = torch.ones_like(ids)
@@ -97,7 +121,10 @@ OPTIONS = {
         dict(generation_config=GenerationConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.3)),
     ),
     "stopping_criteria": (lambda: {"input_ids": random_ids(120)}, dict(stopping_criteria=[StopAfter(124)])),
+    "stop_strings": (lambda: {"input_ids": random_ids(120)}, dict(stop_strings=STOP_STRINGS, tokenizer=characters())),
+    "assisted_decoding": (lambda: {"input_ids": random_ids(120)}, dict(assistant_model=tiny_llama("gqa", seed=1))),
 }
+FALLS_BACK = ("prompt_lookup", "static_cache", "assisted_decoding")  # with a warning, and its reason recorded
 
 
 def run(model, inputs, options, seed=0):
@@ -142,15 +169,33 @@ def test_keep_all_returns_what_the_unpatched_model_returns(family, name):
 def test_with_pruning_a_call_prunes_or_records_why_not(name):
     make_inputs, options = OPTIONS[name]
     model = lazyllm.patch(tiny_llama("gqa", "eager" if "attentions" in name else "sdpa"), PRUNE)
-    if name in ("prompt_lookup", "static_cache"):
+    if name in FALLS_BACK:
         with pytest.warns(UserWarning, match="runs unpruned"):
             run(model, make_inputs(), options)
     else:
         run(model, make_inputs(), options)
     stats = lazyllm.stats(model)
-    prunes = name not in ("prompt_lookup", "static_cache", "attentions_hidden_states")
+    prunes = name not in (*FALLS_BACK, "attentions_hidden_states")
     assert stats.pruned == prunes, stats.fallback_reason
     assert prunes or stats.fallback_reason
+
+
+def test_a_compiled_forward_returns_what_the_unpatched_compiled_model_returns():
+    """`torch.compile` over the patched forward: Dynamo traces lazyllm's code (breaking the graph where shapes depend
+    on data). The "eager" backend keeps the test seconds long; code generation (inductor) is not lazyllm's."""
+    model, ids = tiny_llama("gqa"), random_ids(120)
+    outputs = []
+    for config in (None, KEEP_ALL, PRUNE):
+        with lazyllm.patched(model, config) if config else contextlib.nullcontext():
+            forward = model.forward
+            model.forward = torch.compile(forward, backend="eager")
+            try:
+                outputs.append(run(model, {"input_ids": ids}, dict(max_new_tokens=3)))
+            finally:
+                model.forward = forward
+            assert config is None or lazyllm.stats(model).pruned
+    assert torch.equal(outputs[1], outputs[0])
+    assert outputs[2].shape == outputs[0].shape
 
 
 def test_streamers_see_every_token_once():
