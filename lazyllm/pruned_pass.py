@@ -32,9 +32,8 @@ from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
 from lazyllm.spans import span
 from lazyllm.state import LazyState, Slots
 
-# What the cuts of a pass do: choose tokens (prefill, the paper's decoding), bring parked tokens back (every one at
-# the step `revive_all_at`, or a share at each of `revive_steps` steps from it), or leave the tokens as they are
-# (static pruning's steps, the steps after the revival).
+# What the cuts of a pass do: choose tokens (prefill, the paper's decoding), bring every parked token back (the step
+# `revive_all_at`), or leave the tokens as they are (static pruning's steps, the steps after `revive_all_at`).
 Mode = Literal["choose", "revive_all", "as_is"]
 
 
@@ -107,7 +106,7 @@ class LazyPass:
         if self.extend:
             return "revive_all"
         if revive_all_at is not None and step >= revive_all_at:
-            return "revive_all" if step < revive_all_at + self.config.revive_steps else "as_is"
+            return "revive_all" if step == revive_all_at else "as_is"
         return "choose" if self.config.revive else "as_is"
 
     # -- the layer loop ----------------------------------------------------------------------------------------
@@ -169,8 +168,9 @@ class LazyPass:
         attend) and `()` how many parked tokens came back."""
         cut = self.config.prune_layers.index(index)
         if self.mode == "revive_all":
+            everything = torch.ones_like(tokens.positions[:, :1], dtype=torch.bool).expand(-1, self.state.width)
             with span("revival"):
-                tokens, revived = self.park_and_revive(cut, tokens, self.coming_back(tokens), keep_aux=False)
+                tokens, revived = self.park_and_revive(cut, tokens, everything, keep_aux=False)
             self.chosen = None
         else:
             with span("scoring"):
@@ -180,17 +180,6 @@ class LazyPass:
         assert self.embeddings is not None
         self.embeddings = PositionEmbeddings(self.adapter, self.base, tokens)
         return tokens, revived
-
-    def coming_back(self, tokens: Tokens) -> torch.Tensor:
-        """`(B, width)` the positions a "revive_all" pass brings back: every one, or while the revival is spread
-        over `revive_steps` steps, each row's prompt positions of the first ranges due and every generated one."""
-        steps, start = self.config.revive_steps, self.config.revive_all_at
-        due = steps if self.extend or start is None else self.state.step - start + 1  # ranges due by this step
-        if due >= steps:
-            return torch.ones_like(tokens.positions[:, :1], dtype=torch.bool).expand(-1, self.state.width)
-        ends = self.state.first_generated.to(tokens.positions.device)[:, None]  # (B, 1)
-        positions = torch.arange(self.state.width, device=ends.device)[None]  # (1, width)
-        return (positions * steps < ends * due) | (positions >= ends)
 
     def score(self, index: int, tokens: Tokens) -> torch.Tensor:
         """`(B, width)` the attention that the query paid each position in the layer before `index` (0 where it

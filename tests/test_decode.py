@@ -138,42 +138,6 @@ def test_revive_all_at_brings_every_parked_token_back_then_stops_choosing(monkey
     assert revived[2] > 0 and revived[3:] == [0] * (steps - 3), revived
 
 
-def test_revive_steps_spreads_the_revival_oldest_first_and_ends_as_revive_all_at():
-    length, steps, spread = 240, 8, 4
-    model = tiny_llama("gqa")
-    ids = random_ids(length)
-    lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, revive_steps=spread))
-    cache, state, _ = generate_manually(model, ids, steps)
-    revived = lazyllm.stats(model).revived_per_step
-    assert all(n > 0 for n in revived[:spread]) and revived[spread:] == [0] * (steps - spread), revived
-    everything = list(range(length + steps))
-    for layer, positions in enumerate(state.positions):
-        assert sorted(positions[0].tolist()) == everything, f"layer {layer} holds every token, each once"
-    assert all(int(aux.held()) == 0 for aux in state.aux)
-    at_once = lazyllm.LazyConfig(**SCHEDULE)
-    lazyllm.patch(model, at_once)
-    generate_manually(model, ids, steps)
-    assert sum(revived) == lazyllm.stats(model).revived_tokens, "the same parked tokens, over 4 steps instead of 1"
-
-
-def test_revive_steps_1_is_revive_all_at_and_keep_all_is_the_unpatched_model():
-    model, ids = tiny_llama("gqa"), random_ids(240, batch=2)
-    mask = torch.ones_like(ids)
-    mask[1, :17] = 0  # left padding: each row's prompt is split into its own ranges
-    options = dict(attention_mask=mask, max_new_tokens=12, do_sample=False)
-    with torch.inference_mode():
-        unpatched = model.generate(ids, **options)
-        outputs = []
-        keep_all = dict(SCHEDULE, keep_ratios=(1.0, 1.0))
-        for schedule, steps in ((SCHEDULE, 1), (SCHEDULE, None), (keep_all, 4)):
-            config = lazyllm.LazyConfig(**schedule, **({"revive_steps": steps} if steps else {}))
-            with lazyllm.patched(model, config):
-                outputs.append(model.generate(ids, **options))
-                assert lazyllm.stats(model).pruned
-    assert torch.equal(outputs[0], outputs[1]), "revive_steps=1 is the default's revival"
-    assert torch.equal(outputs[2], unpatched), "keep 1.0 through the spread revival's path"
-
-
 def test_whole_generation_token_fraction_counts_prefill_and_decoding():
     model = tiny_llama("gqa")
     lazyllm.patch(model, lazyllm.LazyConfig(**SCHEDULE, revive_all_at=None))  # the paper's policy
@@ -223,8 +187,6 @@ def test_growing_layer_appends_in_place_and_holds_what_concatenation_would():
         dict(revive_all_at=0),
         dict(revive_all_at=True),
         dict(revive_all_at=1.5),
-        dict(revive_steps=0),
-        dict(revive_steps=2, revive_all_at=None),
     ],
 )
 def test_bad_decoding_options_are_refused(option):

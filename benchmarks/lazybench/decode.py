@@ -46,14 +46,12 @@ from lazyllm.spans import recording
 
 # Revival policies compared, by label (LazyConfig fields): the paper's (`revive_all_at=None`), static pruning and the
 # library's default since the fourth rule (docs/DECISIONS.md). Records of the policies retired in 0.2 (beat_weakest,
-# every8, held, held+beat_weakest) stay in benchmarks/results as data.
+# every8, held, held+beat_weakest) and of the stall rule's candidates (revive_steps4 / 16: the revival spread over the
+# first steps, which failed that rule, DECISIONS section 12; code at commit 130236a) stay in benchmarks/results.
 POLICIES: dict[str, dict[str, Any]] = {
     "paper": dict(revive_all_at=None),
     "static": dict(revive=False, revive_all_at=None),
     "revive_all_at1": dict(revive_all_at=1),
-    # Candidates of the stall rule (docs/DECISIONS.md, section 12): the revival spread over the first k steps.
-    "revive_steps4": dict(revive_all_at=1, revive_steps=4),
-    "revive_steps16": dict(revive_all_at=1, revive_steps=16),
 }
 # Token scores (the rule for the presets' score, docs/DECISIONS.md section 11, times both).
 # Each names every score field, so that it overrides the score a preset carries.

@@ -59,6 +59,8 @@ RETIRED_SCORINGS = (
     "paper+every8",
     "paper+held",
     "paper+held+beat_weakest",
+    "paper+revive_steps4",
+    "paper+revive_steps16",
 )
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
