@@ -17,8 +17,8 @@ from lazyllm.scoring import pool_neighbours
 # Named schedules, written as (fraction of depth, keep ratio) so that one preset serves every depth.
 # A keep ratio is the share of the *prompt* kept from that layer on (not of the tokens left by the
 # previous cut), so ratios never compound by surprise. "default" is the fastest schedule of the measured sweep that
-# kept the unpruned model's answers on SmolLM2 (README, "Choosing the default schedule"); "balanced" and
-# "aggressive" are faster and measurably less faithful on that small model: use them where your own evaluation holds.
+# kept the unpruned model's answers on SmolLM2 (docs/DECISIONS.md, sections 2-3); "balanced" and "aggressive" are
+# faster and measurably less faithful on that small model: use them where your own evaluation holds.
 PRESETS: dict[str, tuple[tuple[float, float], ...]] = {
     "default": ((0.8, 0.5),),
     "balanced": ((0.6, 0.5), (0.8, 0.2)),
@@ -73,10 +73,6 @@ class LazyConfig:
             from then on decoding runs unpruned (no selection, no masks). None: the paper's policy, where every
             step re-selects the top share of the prompt with its new token, attends only those and revives the
             chosen parked ones. Each token is computed at most once per layer either way.
-        revive_steps: spread the revival at `revive_all_at` over this many decoding steps: each row's prompt
-            positions are split into `revive_steps` equal ranges and step `revive_all_at + j` brings back the parked
-            tokens of the first `j + 1` ranges (oldest first); until then the layers from a token's cut on do not
-            attend it. 1 = everything at once.
         score_window: in prefill, score with the mean attention of the last `score_window` prompt tokens (each
             attends causally) instead of the last token's alone; decoding steps score with the new token.
         score_pool: max-pool the scores over this many neighbouring positions (odd) before choosing, so that a
@@ -93,7 +89,6 @@ class LazyConfig:
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS
     revive: bool = True
     revive_all_at: int | None = 1
-    revive_steps: int = 1
     score_window: int = 1
     score_pool: int = 1
     strict: bool = False
@@ -128,10 +123,6 @@ class LazyConfig:
         step = self.revive_all_at
         if step is not None and not _is_int_at_least(step, 1):
             raise ConfigError(f"revive_all_at must be a decoding step >= 1 (or None: never), got {step!r}.")
-        if not _is_int_at_least(self.revive_steps, 1):
-            raise ConfigError(f"revive_steps must be an integer >= 1 (1 = all at once), got {self.revive_steps!r}.")
-        if self.revive_steps > 1 and step is None:
-            raise ConfigError("revive_steps spreads the revival at revive_all_at: set revive_all_at (e.g. 1) too.")
         self._check_scoring()
 
     def _check_scoring(self) -> None:
