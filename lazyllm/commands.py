@@ -309,7 +309,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"min_prompt_tokens default: {DEFAULT_MIN_PROMPT_TOKENS}")
     print("presets (as placed on a 30-layer model such as SmolLM2-135M):")
     for name in ("off", *lazyllm.PRESETS):
-        print(f"  {name:<13} {LazyConfig.parse(name, 30).describe()}")
+        config = LazyConfig.parse(name, 30)
+        print(f"  {name:<13} {config.describe():<22} score: {config.describe_scoring()}")
     cache = default_cache_dir()
     cached = (cache / SMOLLM2_CACHE_NAME / "config.json").is_file()
     print(f"model cache: {cache} (SmolLM2 converted: {'yes' if cached else 'no'})")

@@ -24,6 +24,11 @@ PRESETS: dict[str, tuple[tuple[float, float], ...]] = {
     "balanced": ((0.6, 0.5), (0.8, 0.2)),
     "aggressive": ((0.25, 0.5), (0.5, 0.3), (0.75, 0.15)),
 }
+# The token score a preset carries where it is not the paper's: chosen by the rule of docs/DECISIONS.md, section 11.
+PRESET_SCORES: dict[str, dict[str, int]] = {
+    "balanced": {"score_window": 32, "score_pool": 7},
+    "aggressive": {"score_window": 32, "score_pool": 7},
+}
 
 # Below this many prompt tokens a row is not pruned. Measured (README, "Short prompts"): on CPU pruning gains from
 # 64 tokens up (SmolLM2, "balanced": 1.30x at 512), but on an H100 the gain at 2k tokens was only 1.07x (Llama-2-7B
@@ -135,12 +140,13 @@ class LazyConfig:
 
     @classmethod
     def preset(cls, name: str, num_layers: int, **overrides: object) -> LazyConfig:
-        """The named schedule (`PRESETS`) placed on a model with `num_layers` decoder layers."""
+        """The named schedule (`PRESETS`) placed on a model with `num_layers` decoder layers, with the token score
+        the preset carries (`PRESET_SCORES`; `overrides` win)."""
         if name == "off":
             return cls(**overrides)  # type: ignore[arg-type]
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(['off', *PRESETS])}.")
-        return cls.place(PRESETS[name], num_layers, **overrides)
+        return cls.place(PRESETS[name], num_layers, **{**PRESET_SCORES.get(name, {}), **overrides})
 
     @classmethod
     def place(cls, cuts: Sequence[tuple[float, float]], num_layers: int, **overrides: object) -> LazyConfig:

@@ -55,6 +55,15 @@ def test_preset_places_cuts_by_depth_fraction():
     assert LazyConfig.preset("off", 30).prune_layers == ()
 
 
+def test_presets_carry_the_token_score_their_rule_chose_and_overrides_win():
+    assert LazyConfig.preset("default", 30).describe_scoring() == "paper"
+    for name in ("balanced", "aggressive"):
+        assert LazyConfig.preset(name, 30).describe_scoring() == "window32+pool7"
+        assert LazyConfig.parse(name, 30) == LazyConfig.preset(name, 30)
+    paper = LazyConfig.preset("balanced", 30, score_window=1, score_pool=1)
+    assert paper.describe_scoring() == "paper" and paper.prune_layers == (18, 24)
+
+
 def test_parse_round_trips_and_rejects_garbage():
     config = LazyConfig.parse("8:0.5,16:0.3,24:0.1", 30)
     assert config.prune_layers == (8, 16, 24) and config.keep_ratios == (0.5, 0.3, 0.1)
