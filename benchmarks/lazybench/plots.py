@@ -121,10 +121,10 @@ def plot_decode_steps(runs: Sequence[SpeedRun], path: Path) -> None:
                 lw=2.2 if r["schedule"] == BASELINE else 1.2,
                 label=r["schedule"],
             )
-        ax.set(xlabel="decoding step after the first token", ylabel="ms per step (median over rounds)")
+        ax.set(xlabel="decoding step after the first token", ylabel="ms per step (median over rounds, log scale)")
         ax.set_title(f"Decode time per step at {longest} prompt tokens: {title}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_yscale("log")  # step 1 revives the parked tokens (revive_all_at=1): seconds, against ms after it
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()

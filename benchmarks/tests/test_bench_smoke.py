@@ -18,7 +18,7 @@ from lazybench import records as rig_records
 from lazybench import timing
 from lazybench.cli import main
 from lazybench.profiles import BASELINE, PROFILES, RIVALS, RandomDrop, build_configs, token_fraction
-from lazybench.report import render
+from lazybench.report import decode_steps, render
 from lazybench.summary import fidelity_summary, frontier_points, generation_table
 from lazyllm.config import LazyConfig
 
@@ -190,6 +190,9 @@ def test_rivals_match_the_default_budget() -> None:
 
 def test_compute_bound_and_summaries() -> None:
     assert timing.compute_bound([100, 100, 50, 50], 100, 0.0) == pytest.approx(0.75)
+    # Decoding in the report: the first step (the revival) apart from the mean of the later ones, medians over rounds.
+    steps = {"decode_step_runs_ms": [[900.0, 10.0, 20.0], [1100.0, 30.0, 30.0], [1000.0, 12.0, 12.0]]}
+    assert decode_steps(steps) == ("1000.0", "15.0")
     assert timing.compute_bound([100, 100, 50, 50], 100, 1.0) == pytest.approx((1 + 1 + 0.25 + 0.25) / 4)
     summary = timing.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
     assert summary["median"] == 3.0 and summary["min"] == 1.0 and summary["max"] == 5.0 and summary["n"] == 5
