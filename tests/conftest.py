@@ -15,10 +15,11 @@ import pytest
 import torch
 from tiny import SMALL_DIMS, TINY_SHAPES, random_ids, tiny_llama
 
-# Two threads (CI's machines have two cores), or OMP_NUM_THREADS where it is set: on a machine that other work
-# shares, two threads of tiny models' small matrix products can wait on each other for a whole time slice per call.
+# OMP_NUM_THREADS where it is set; else the two cores of CI's machines shared among pytest-xdist's workers (`-n 2`:
+# one thread each). Threads beyond the cores wait on each other for a whole time slice per small matrix product.
 _omp_threads = os.environ.get("OMP_NUM_THREADS", "")
-torch.set_num_threads(int(_omp_threads) if _omp_threads.isdigit() and int(_omp_threads) > 0 else 2)
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(int(_omp_threads) if _omp_threads.isdigit() and int(_omp_threads) > 0 else max(1, 2 // _workers))
 
 __all__ = ["SMALL_DIMS", "TINY_SHAPES", "missing", "need", "random_ids", "tiny_llama"]
 

@@ -8,14 +8,10 @@ scores / logits / attentions / hidden states, `num_return_sequences`, `generatio
 and stop strings; streamers, `inputs_embeds` and a `torch.compile`d forward in tests of their own. Also: later turns
 and shared prefixes on one cache, deep copies of a pruned cache, beam search, right padding, and two threads on one
 model.
-
-`LAZYLLM_CONFORMANCE_FAMILIES` (comma-separated, default `llama,qwen2`) names the families the keep-1.0 matrix runs
-on: CI's environment 2 (the wheel with the oldest Transformers, `.ci/run`) sets it to `llama`, environment 1 runs both.
 """
 
 import contextlib
 import copy
-import os
 import threading
 
 import pytest
@@ -45,10 +41,6 @@ def tiny_qwen2(attn: str = "sdpa", seed: int = 0) -> Qwen2ForCausalLM:
 
 
 MODELS = {"llama": lambda attn="sdpa": tiny_llama("gqa", attn), "qwen2": tiny_qwen2}
-# The families of the keep-1.0 matrix (the docstring says who narrows them); a misspelt one fails the collection.
-FAMILIES = sorted({name.strip() for name in os.environ.get("LAZYLLM_CONFORMANCE_FAMILIES", "llama,qwen2").split(",")})
-if not set(FAMILIES) <= set(MODELS):
-    raise ValueError(f"LAZYLLM_CONFORMANCE_FAMILIES names {FAMILIES}: comma-separated, of {sorted(MODELS)}")
 KEEP_ALL = lazyllm.LazyConfig(prune_layers=(5,), keep_ratios=(1.0,), min_prompt_tokens=0)
 PRUNE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
 
@@ -140,7 +132,7 @@ def sequences(output):
     return output if isinstance(output, torch.Tensor) else output.sequences
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", sorted(MODELS))
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_keep_all_returns_what_the_unpatched_model_returns(family, name):
     make_inputs, options = OPTIONS[name]
