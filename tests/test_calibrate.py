@@ -187,18 +187,18 @@ def test_save_and_load_round_trip_with_the_model_depth(tmp_path):
 
 
 def test_end_to_end_on_smollm2_the_choice_keeps_every_answer_when_patched(smollm2, tmp_path):
-    """10 real-text chat prompts: the config calibrate returns, patched as a user would, answers as the unpruned
-    model on every prompt (a lower bound of 0.7 needs 10 of 10), and saves and loads with the model's depth."""
+    """7 real-text chat prompts: the config calibrate returns, patched as a user would, answers as the unpruned
+    model on every prompt (a lower bound of 0.6 needs 7 of 7), and saves and loads with the model's depth."""
     from lazyllm.documents import long_document_question
 
     model, tokenizer = smollm2
-    texts = [long_document_question(tokenizer, length=200, seed=seed)[0] for seed in range(10)]
+    texts = [long_document_question(tokenizer, length=200, seed=seed)[0] for seed in range(7)]
     chats = [[{"role": "user", "content": text}] for text in texts]
     config = lazyllm.calibrate(
-        model, tokenizer, chats, min_agreement=0.7, max_new_tokens=6, min_prompt_tokens=0, progress=False
+        model, tokenizer, chats, min_agreement=0.6, max_new_tokens=6, min_prompt_tokens=0, progress=False
     )
     assert config.prune_layers, config.summary()
-    assert any(t["agreed"] == 10 for t in config.report["trials"]) and config.report["ttft_ratio"] > 0
+    assert any(t["agreed"] == 7 for t in config.report["trials"]) and config.report["ttft_ratio"] > 0
     ids = [encode(tokenizer, chat) for chat in chats]
     unpruned = [greedy(model, x, max_new_tokens=6) for x in ids]
     with lazyllm.patched(model, config):
