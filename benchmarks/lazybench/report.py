@@ -108,10 +108,11 @@ def setup_section(run: Run) -> list[str]:
 
 def decode_steps(record: dict[str, Any]) -> tuple[str, str]:
     """'first decoding step ms' and 'later steps ms/token' (medians over rounds) of a speed record: the first step
-    revives what the prefill parked (`revive_all_at=1`), so one mean over all steps would hide both figures."""
+    revives what the prefill parked (`revive_all_at=1`), so one mean over all steps would hide both figures. Records
+    without per-step times (written before the rig kept them) give neither."""
     rounds = [steps for steps in record.get("decode_step_runs_ms") or () if len(steps) > 1]
     if not rounds:
-        return spread(record["decode_ms_per_token"], 1), "–"
+        return "–", "–"
     first = statistics.median(steps[0] for steps in rounds)
     later = statistics.median(statistics.mean(steps[1:]) for steps in rounds)
     return fmt(first, 1), fmt(later, 1)
@@ -129,8 +130,8 @@ def speed_section(run: Run) -> list[str]:
             + (mib(r["aux_cache_bytes"]),)
         )
     head = ("length", "schedule", "tokens", "TTFT s", "speedup", "time ratio", "compute bound")
-    head += ("prefill token fraction", "decode step 1 ms", "later steps ms/token", "peak mem Δ MiB", "KV MiB")
-    head += ("Aux MiB",)
+    head += ("prefill token fraction", "decode step 1 ms", "later steps ms/token")
+    head += ("peak mem Δ MiB", "KV MiB", "Aux MiB")
     shares = ", ".join(f"{r['label']} {fmt(r['attention_share'])}" for r in run.speed if r["schedule"] == BASELINE)
     return [
         f"#### {run_title(run)}",

@@ -190,13 +190,17 @@ def test_rivals_match_the_default_budget() -> None:
 
 def test_compute_bound_and_summaries() -> None:
     assert timing.compute_bound([100, 100, 50, 50], 100, 0.0) == pytest.approx(0.75)
-    # Decoding in the report: the first step (the revival) apart from the mean of the later ones, medians over rounds.
-    steps = {"decode_step_runs_ms": [[900.0, 10.0, 20.0], [1100.0, 30.0, 30.0], [1000.0, 12.0, 12.0]]}
-    assert decode_steps(steps) == ("1000.0", "15.0")
     assert timing.compute_bound([100, 100, 50, 50], 100, 1.0) == pytest.approx((1 + 1 + 0.25 + 0.25) / 4)
     summary = timing.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
     assert summary["median"] == 3.0 and summary["min"] == 1.0 and summary["max"] == 5.0 and summary["n"] == 5
     assert math.isnan(timing.summarize([])["median"])
+
+
+def test_the_report_gives_the_first_decoding_step_apart_from_the_later_ones() -> None:
+    """The first step (the revival) and the mean of the later ones, each a median over rounds."""
+    steps = {"decode_step_runs_ms": [[900.0, 10.0, 20.0], [1100.0, 30.0, 30.0], [1000.0, 12.0, 12.0]]}
+    assert decode_steps(steps) == ("1000.0", "15.0")
+    assert decode_steps({"decode_step_runs_ms": [], "decode_ms_per_token": {"median": 50.0}}) == ("–", "–")
 
 
 def test_the_schedules_frontier_keeps_the_undominated() -> None:
