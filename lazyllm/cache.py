@@ -76,16 +76,18 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # CacheLayer
         self.positions = Slots()  # (B, entries): the position of each KV entry, -1 for an empty slot
         self.parked: Slots | None = None  # at a pruning layer: the Aux Cache of the tokens dropped there
         self.state: LazyState | None = None  # at layer 0: the rows' state
+        self.attend_from = 0  # the first entry the next update's keys and values start at (a sliding window)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append `(B, H, q, d)` keys and values; returns the keys and values to attend, from `attend_from` on."""
         view, buffers = self._view, self._buffers  # both set from the first call on
         if not self.is_initialized or self.keys is not view or view is None or buffers is None:
             # first call, or `keys` replaced since
             self._buffers = super().update(key_states, value_states, *args, **kwargs)
             self._view = self.keys
-            return self._buffers  # `(self.keys, self.values)`, as DynamicLayer.update returns them
+            return self._attended()
         length, end = view.shape[-2], view.shape[-2] + key_states.shape[-2]
         if end > buffers[0].shape[-2]:
             capacity = end + end // 8 + 64
@@ -96,7 +98,12 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # CacheLayer
         values[..., length:end, :] = value_states
         self.keys, self.values = keys[..., :end, :], values[..., :end, :]
         self._view = self.keys
-        return self.keys, self.values
+        return self._attended()
+
+    def _attended(self) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None
+        return keys[..., self.attend_from :, :], values[..., self.attend_from :, :]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: the rows' KV, positions, Aux Cache and state follow the beams."""

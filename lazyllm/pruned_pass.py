@@ -26,7 +26,7 @@ from transformers import DynamicCache
 from lazyllm.cache import GrowingLayer
 from lazyllm.compat import CACHE_KWARG
 from lazyllm.families import BaseModel, FamilyAdapter, decoder_layer_attention
-from lazyllm.masks import attention_mask_for
+from lazyllm.masks import attention_mask_for, window_start
 from lazyllm.scoring import attention_scores
 from lazyllm.selection import gather_rows, lookup, pack, to_table, top_k_per_row
 from lazyllm.spans import span
@@ -123,7 +123,7 @@ class LazyPass:
         computed: list[torch.Tensor] = []  # per layer: tokens computed
         # A segment (the layers up to the next cut) computes one token set: one RoPE, one mask per window, one count.
         self.embeddings = PositionEmbeddings(self.adapter, self.base, tokens)
-        masks: dict[int | None, torch.Tensor | None] = {}
+        masks: dict[int | None, tuple[int, torch.Tensor | None]] = {}  # window -> (first entry attended, mask)
         count = (tokens.positions >= 0).sum()
         context = _CURRENT.set(self)
         try:
@@ -146,13 +146,15 @@ class LazyPass:
             self.record_stats(computed, revived, new_count)
         return cast(torch.Tensor, self.base.norm(tokens.hidden[:, -returned:]))
 
-    def compute(self, index: int, layer: nn.Module, tokens: Tokens, mask: torch.Tensor | None) -> Tokens:
-        """Decoder layer `index` on `tokens`; its KV and their positions are appended to the cache."""
+    def compute(self, index: int, layer: nn.Module, tokens: Tokens, mask: tuple[int, torch.Tensor | None]) -> Tokens:
+        """Decoder layer `index` on `tokens` with `mask` (the first entry it attends, and the mask from there);
+        its KV and their positions are appended to the cache."""
         assert self.embeddings is not None
+        self.cache_layer(index).attend_from, attention = mask
         with span("layers" if tokens.positions.shape[1] == 1 else "layers_revived"):
             hidden = layer(
                 tokens.hidden,
-                attention_mask=mask,
+                attention_mask=attention,
                 position_ids=tokens.positions.clamp(min=0),
                 use_cache=True,
                 **{CACHE_KWARG: self.cache},
@@ -240,17 +242,21 @@ class LazyPass:
                 aux.append(positions_off, gather_rows(tokens.hidden, index_off))
         return going_on, revived
 
-    def mask(self, index: int, tokens: Tokens, window: int | None) -> torch.Tensor | None:
-        """The attention mask of layer `index` for `tokens` (see `masks.attention_mask_for`)."""
-        return attention_mask_for(
+    def mask(self, index: int, tokens: Tokens, window: int | None) -> tuple[int, torch.Tensor | None]:
+        """The first entry layer `index` attends (`masks.window_start`) and its attention mask for `tokens` over the
+        entries from there on (`masks.attention_mask_for`)."""
+        entries = self.entries(index)
+        start = window_start(entries, tokens.positions, window)
+        mask = attention_mask_for(
             self.base.config,
-            self.entries(index),
+            entries[:, start:],
             tokens.positions,
             self.chosen,
             tokens.hidden.dtype,
             window,
             self.state.padded,
         )
+        return start, mask
 
     # -- where things are --------------------------------------------------------------------------------------
     def cache_layer(self, layer: int) -> GrowingLayer:
