@@ -62,6 +62,7 @@ RETIRED_SCORINGS = (
     "paper+revive_steps4",
     "paper+revive_steps16",
 )
+SHIPPED = "shipped"  # a preset as it ships (`LazyConfig.preset`), not re-scored
 # Answers are short except the list task; generation stops earlier at end-of-sequence.
 MAX_NEW_TOKENS = {"niah_multivalue": 40}
 DEFAULT_MAX_NEW_TOKENS = 12
@@ -85,7 +86,12 @@ class Candidate:
 
 
 def candidate(scoring: str, schedule: str, num_layers: int) -> Candidate:
-    """`schedule` is a preset name or "fraction:keep,..." with cut positions as shares of the depth."""
+    """`schedule` is a preset name or "fraction:keep,..." with cut positions as shares of the depth; scoring
+    "shipped" takes the preset as `lazyllm.patch(model, name)` applies it (its score and decoding)."""
+    if scoring == SHIPPED:
+        if schedule not in lazyllm.PRESETS:
+            raise SystemExit(f"--scorings {SHIPPED} takes preset names only, got {schedule!r}")
+        return Candidate(scoring, schedule, lazyllm.LazyConfig.preset(schedule, num_layers, min_prompt_tokens=0))
     if scoring not in SCORINGS:
         raise SystemExit(f"unknown scoring {scoring!r}: choose from {', '.join(SCORINGS)}")
     # Token scores decode with the paper's policy, as when the frontier's records were made; "paper+<policy>" vary it.
@@ -252,7 +258,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--n", type=int, default=24, help="prompts per (task, length) cell")
-    parser.add_argument("--scorings", nargs="+", default=["paper", "window32+pool7"], help=", ".join(SCORINGS))
+    parser.add_argument(
+        "--scorings", nargs="+", default=["paper", "window32+pool7"], help=", ".join([SHIPPED, *SCORINGS])
+    )
     parser.add_argument(
         "--schedules",
         nargs="+",

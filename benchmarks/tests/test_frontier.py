@@ -74,3 +74,12 @@ def test_resuming_records_made_with_another_n_is_refused(tmp_path):
     frontier.check_same_prompts(records, dict(WHERE, n=24), [4096])  # another length: other prompts anyway
     with pytest.raises(SystemExit, match="--n 10"):
         frontier.check_same_prompts(records, dict(WHERE, n=24), [2048])
+
+
+def test_shipped_takes_each_preset_as_lazyllm_patch_applies_it():
+    for name in lazyllm.PRESETS:
+        shipped = frontier.candidate("shipped", name, 24)
+        assert shipped.name == f"shipped@{name}"
+        assert shipped.config == lazyllm.LazyConfig.preset(name, 24, min_prompt_tokens=0)
+    with pytest.raises(SystemExit, match="preset names only"):
+        frontier.candidate("shipped", "0.5:0.5", 24)
