@@ -13,12 +13,9 @@ import torch
 from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
+from lazyllm.errors import UnsupportedCacheError as UnsupportedCacheError
 from lazyllm.families import attention_windows
 from lazyllm.state import LazyState, Slots
-
-
-class UnsupportedCacheError(TypeError):
-    """The cache given to a patched model is not one lazyllm can prune; the message says what to use."""
 
 
 def check_cache(cache: Cache | None, model_config: PretrainedConfig) -> None:
@@ -77,6 +74,7 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # CacheLayer
         self.parked: Slots | None = None  # at a pruning layer: the Aux Cache of the tokens dropped there
         self.state: LazyState | None = None  # at layer 0: the rows' state
         self.attend_from = 0  # the first entry the next update's keys and values start at (a sliding window)
+        self.holes = False  # whether a crop emptied entries before others (then every mask is explicit)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -104,6 +102,35 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # CacheLayer
         keys, values = self.keys, self.values
         assert keys is not None and values is not None
         return keys[..., self.attend_from :, :], values[..., self.attend_from :, :]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last `-tokens_to_remove` positions of each row (Transformers' convention: a negative count):
+        their KV entries, their parked hidden states and, cropping into the prompt, the rows' prompt ends.
+
+        Layer 0 holds every token in position order and so loses its last entries, as Transformers' layers do. A
+        pruned layer may hold a removed token before kept ones (revival appends): those entries become empty slots.
+        """
+        held = self.positions.positions
+        if held is None or tokens_to_remove >= 0:  # not a pruned layer, or nothing (or Transformers' error)
+            super().crop(tokens_to_remove)
+            return
+        cutoff = held.max(dim=1, keepdim=True).values + 1 + tokens_to_remove  # (B, 1): the first position removed
+        removed = held >= cutoff
+        remaining = (held >= 0) & ~removed
+        kept = int(remaining.any(dim=0).nonzero().max()) + 1 if bool(remaining.any()) else 0  # entries left
+        self.holes |= bool(removed[:, :kept].any())
+        held.masked_fill_(removed, -1)
+        if kept < held.shape[1]:
+            super().crop(kept - held.shape[1])
+            self.positions.length = kept
+        if self.parked is not None and self.parked.positions is not None:
+            self.parked.take(self.parked.positions >= cutoff.to(self.parked.positions.device))
+        if self.state is not None:
+            self.state.first_generated = torch.minimum(self.state.first_generated, cutoff[:, 0])
+
+    def reset(self) -> None:
+        """Empty the layer: no KV, no positions, no Aux Cache, no state."""
+        GrowingLayer.__init__(self)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: the rows' KV, positions, Aux Cache and state follow the beams."""

@@ -92,7 +92,7 @@ def calibrate(
     speedup: float | None = None,
     max_new_tokens: int = 32,
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS,
-    scoring: LazyConfig | None = None,
+    scoring: LazyConfig | str | None = None,
     progress: bool = True,
 ) -> Calibration:
     """The schedule for `model` that best meets `target` on `prompts`, judged against the unpruned model's answers.
@@ -105,16 +105,21 @@ def calibrate(
             computes at most 1 / `speedup` of the unpruned prefill's token-layers.
         max_new_tokens: length of the greedy answers compared (whole answers, not first tokens).
         min_prompt_tokens: the calibrated config's; every prompt must be at least this long.
-        scoring: a config whose token score (`score_window`, `score_pool`, ...; its schedule is ignored) every
-            candidate uses, e.g. `LazyConfig(score_window=32, score_pool=7)`; default: the library's.
+        scoring: the token score every candidate uses: a config's (`score_window`, `score_pool`; its schedule is
+            ignored), e.g. `LazyConfig(score_window=32, score_pool=7)`, or a preset's name for the score that preset
+            carries (`"balanced"`, `"aggressive"`: `lazyllm.config.PRESET_SCORES`; `"default"`: the paper's);
+            default: the library's (the paper's).
 
-    Raises `ConfigError` (too few or too short prompts, a bad target) and `UnsupportedModelError`, before any work.
+    Raises `ConfigError` (too few or too short prompts, a bad target, an unknown preset name) and
+    `UnsupportedModelError`, before any work.
     """
     adapter_for(model)
+    if isinstance(scoring, str):  # a preset's name: the token score that preset carries
+        scoring = LazyConfig.preset(scoring, model.config.num_hidden_layers)
+    options = dict(scoring.scoring_options() if scoring else {}, min_prompt_tokens=min_prompt_tokens)
     ids = [encode(tokenizer, prompt) for prompt in prompts]
     check_request(ids, target, min_agreement, speedup, min_prompt_tokens)
     start = time.perf_counter()
-    options = dict(scoring.scoring_options() if scoring else {}, min_prompt_tokens=min_prompt_tokens)
     search = Search(model, ids, max_new_tokens, options, target, min_agreement, speedup, progress)
     best = search.run()
     ratio = ttft_ratio(model, max(ids, key=lambda x: x.shape[1]), best.config) if best else None

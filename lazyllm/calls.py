@@ -17,19 +17,20 @@ from torch import nn
 from transformers import GenerationConfig, PretrainedConfig
 from transformers.cache_utils import Cache
 
-from lazyllm.cache import UnsupportedCacheError, check_cache
+from lazyllm.cache import check_cache
 from lazyllm.config import LazyConfig
-from lazyllm.families import BaseModel, UnsupportedModelError, check_attention_backend
+from lazyllm.errors import UnsupportedCacheError, UnsupportedModelError
+from lazyllm.errors import UnsupportedCallError as UnsupportedCallError
+from lazyllm.errors import UnsupportedGenerationError as UnsupportedGenerationError
+from lazyllm.families import BaseModel, check_attention_backend
 
 LAST_TOKEN_ONLY = "lazyllm_last_token_only"  # keyword the causal LM's forward passes to the base model's
-
-
-class UnsupportedCallError(ValueError):
-    """A call a patched model cannot serve correctly; raised before any work, the message says what to do."""
-
-
-class UnsupportedGenerationError(ValueError):
-    """A `generate()` option a patched model cannot serve; raised before any work."""
+# Transformers answers a right-padded row from its last slot, a pad (and warns that decoder-only models want left
+# padding): pruning, which scores tokens with the row's query, cannot give that answer, so such calls run unpruned.
+# Under torch.compile the pruned forward's shapes depend on the data (graph breaks, recompilations): a traced call runs
+# the unpatched forward, whose graph is Transformers' own.
+COMPILED = "torch.compile traces this call (pruning runs eagerly only)"
+RIGHT_PADDED = "right-padded rows (pad on the left to prune: tokenizer.padding_side = 'left')"
 
 
 def prompt_lengths(attention_mask: torch.Tensor | None, embedded: torch.Tensor) -> list[int]:
@@ -118,7 +119,7 @@ def unservable_reason(
     base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None, *, strict: bool = False
 ) -> str | None:
     """Why pruning cannot serve a call that the unpruned forward serves (a `generate()` option, a cache other than
-    the dynamic one, an attention backend, a 4D mask), or None.
+    the dynamic one, an attention backend, a 4D mask, right padding), or None.
 
     `strict` (`strict=True`, or a call on a pruned cache): raise instead for what the call itself brings (the
     backend's or the cache's error, or `UnsupportedCallError` for a prepared mask); the reason of an enclosing
@@ -135,4 +136,8 @@ def unservable_reason(
         if strict:
             raise UnsupportedCallError("lazyllm needs a 2D attention_mask (batch, tokens), got a prepared (4D) mask.")
         return "a prepared (4D or per-layer) attention mask (lazyllm builds its masks from a 2D one)"
+    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+        if strict:
+            raise UnsupportedCallError(f"lazyllm cannot prune {RIGHT_PADDED}, or run it without strict=True.")
+        return RIGHT_PADDED
     return _UNPRUNED.get()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from lazyllm.commands import PROG, CLIError, cmd_calibrate, cmd_demo, cmd_generate, cmd_info
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS
+from lazyllm.errors import LazyLLMError
 from lazyllm.models import model_names
 
 EXIT_USAGE = 2
@@ -218,20 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("LAZYLLM_DEBUG"):
         return _dispatch(argv)
 
-    from lazyllm import (
-        UnsupportedCacheError,
-        UnsupportedCallError,
-        UnsupportedGenerationError,
-        UnsupportedModelError,
-    )
-
     try:
         return _dispatch(argv)
-    except CLIError as error:
-        return _error(str(error))
-    except (UnsupportedModelError, UnsupportedCacheError, UnsupportedGenerationError, UnsupportedCallError) as error:
-        return _error(str(error))
-    except (FileNotFoundError, OSError, ValueError) as error:  # ModelNotFoundError and ConfigError included
+    except (CLIError, LazyLLMError) as error:  # ConfigError, ModelNotFoundError, Unsupported*Error
+        return _error(str(error) or type(error).__name__)
+    except (FileNotFoundError, OSError, ValueError) as error:  # a missing prompt file, a bad JSON file, ...
         if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
             return _error(f"{error} ({error.filename})")
         return _error(str(error) or type(error).__name__)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lazyllm.errors import ConfigError as ConfigError
 from lazyllm.scoring import pool_neighbours
 
 # Named schedules, written as (fraction of depth, keep ratio) so that one preset serves every depth.
@@ -38,10 +39,6 @@ PRESET_SCORES: dict[str, dict[str, int]] = {
 DEFAULT_MIN_PROMPT_TOKENS = 2048
 
 
-class ConfigError(ValueError):
-    """A `LazyConfig` value that cannot work; the message says what to change."""
-
-
 def _is_int_at_least(value: object, minimum: int) -> bool:
     """Whether `value` is an int (not a bool) of at least `minimum`."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
@@ -50,15 +47,20 @@ def _is_int_at_least(value: object, minimum: int) -> bool:
 # The fields that say how tokens are scored at a cut (as opposed to where the cuts are and how much they keep).
 SCORING_FIELDS = ("score_window", "score_pool")
 
-# Fields of saved configs from lazyllm 0.1 that are gone, with the values that behaved as today's library does
-# (docs/DECISIONS.md, "Options retired in the 0.2 redesign"). `seed` only mattered with selection="random".
-RETIRED_FIELDS: dict[str, object] = {
-    "revival": "paper",
-    "reselect_every": 1,
-    "decode_attend": "selected",
-    "selection": "attention",
-    "score_layers": 1,
-    "seed": None,
+# Fields of saved configs from lazyllm 0.1 that are gone: the old default, which behaved as today's library does and
+# still loads (None: any value does; `seed` only mattered with selection="random"), and what replaced the option
+# (docs/DECISIONS.md, "Options retired in the 0.2 redesign"). A file that sets another value is refused, naming both.
+RETIRED_FIELDS: dict[str, tuple[object, str]] = {
+    "revival": (
+        "paper",
+        "replaced by revive_all_at and revive: revive_all_at=None is the paper's token-by-token revival, "
+        "revive=False static pruning",
+    ),
+    "reselect_every": (1, "replaced by revive_all_at=None, where every decoding step re-selects its tokens"),
+    "decode_attend": ("selected", "replaced by revive_all_at=None, where decoding steps attend the tokens they select"),
+    "selection": ("attention", "replaced by LazyConfig.rank_tokens: subclass LazyConfig and override it"),
+    "score_layers": (1, "replaced by score_window and score_pool; a cut is scored in the layer before it"),
+    "seed": (None, "replaced by LazyConfig.rank_tokens: a random ranking is an override of your own"),
 }
 
 
@@ -271,13 +273,13 @@ class LazyConfig:
 def _without_retired(settings: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """`settings` less the fields lazyllm 0.2 retired, refusing a file whose retired values changed behaviour."""
     changed = [
-        f"{name}={settings[name]!r}"
-        for name, neutral in RETIRED_FIELDS.items()
+        f"{name}={settings[name]!r} (only the old default {name}={neutral!r} still loads; {replacement})"
+        for name, (neutral, replacement) in RETIRED_FIELDS.items()
         if name in settings and neutral is not None and settings[name] != neutral
     ]
     if changed:
         raise ConfigError(
-            f'{path} sets {", ".join(changed)}: lazyllm 0.2 retired these options (docs/DECISIONS.md, "Options '
-            'retired"); save the config again without them, or use lazyllm 0.1 for it.'
+            f"{path} sets options retired in lazyllm 0.2: {', '.join(changed)}. Delete them from the file to load "
+            "it with today's behaviour, or load it with lazyllm 0.1."
         )
     return {name: value for name, value in settings.items() if name not in RETIRED_FIELDS}

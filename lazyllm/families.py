@@ -26,11 +26,9 @@ from transformers.models.mistral import modeling_mistral
 from transformers.models.qwen2 import modeling_qwen2
 from transformers.models.qwen3 import modeling_qwen3
 
+from lazyllm.errors import UnsupportedModelError as UnsupportedModelError
+
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-
-
-class UnsupportedModelError(TypeError):
-    """The model (architecture, cache layout or attention backend) cannot be patched; the message says why."""
 
 
 class BaseModel(Protocol):

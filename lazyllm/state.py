@@ -116,7 +116,6 @@ class LazyState:
         self.first_generated = first_generated  # (B,): positions from here on are generated tokens
         self.stats = stats  # recorded by the forward; never read to decide anything
         self.padded = False  # whether some row has empty slots (then every mask is explicit)
-        self.right_padded = False  # whether the prompt was right-padded (then decoding places new tokens itself)
         self.width = 0  # 1 + the largest position seen: the width of per-position tables
         self.step = 0  # decoding steps run on this cache so far (0 during prefill)
 

@@ -46,14 +46,15 @@ def held(cache: Cache) -> Held | None:
 
 @contextmanager
 def recording(model: nn.Module) -> Iterator[list[tuple[Cache, Held]]]:
-    """Collect the (cache, what it holds) of every pruned prefill inside the block (they stay alive while listed)."""
+    """Collect the (cache, what it holds) of every pruned cache that a call inside the block ran on (a prefill's, or
+    a copy's); they stay alive while listed."""
     runtime = model._lazyllm
     seen: list[tuple[Cache, Held]] = []
     record = runtime.record
 
     def spy(stats: LazyStats, cache: Cache | None) -> None:
         record(stats, cache)
-        if cache is not None:
+        if cache is not None and all(cache is not known for known, _ in seen):
             seen.append((cache, Held(cache)))
 
     runtime.record = spy
@@ -87,7 +88,8 @@ def check_kv(model: nn.Module, cache: Cache, state: Held) -> list[int]:
             if layer not in cuts:
                 assert here == before, f"layer {layer}, row {row}: a segment's layers hold different tokens"
             elif config.revive:
-                parked = real(state.aux[cuts[layer]].positions[row])
+                aux = state.aux[cuts[layer]].positions
+                parked = real(aux[row]) if aux is not None else set()
                 assert here | parked == before and not here & parked, f"cut at {layer}, row {row}: tokens lost"
             else:
                 assert here <= before, f"cut at {layer}, row {row}: a token appears from nowhere"

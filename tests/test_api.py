@@ -2,6 +2,10 @@
 
 import dataclasses
 import gc
+import importlib
+import pkgutil
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -74,12 +78,40 @@ def test_default_config_is_the_default_preset():
     assert model._lazyllm.config == lazyllm.LazyConfig.preset("default", 32)
 
 
+@pytest.mark.parametrize("name", ["default", "balanced", "aggressive", "off"])
+def test_patch_and_patched_take_a_preset_name_placed_on_the_model_depth(name):
+    model = tiny_llama("xgen")  # 32 layers
+    expected = lazyllm.LazyConfig.preset(name, 32)
+    with lazyllm.patched(model, name):
+        assert model._lazyllm.config == expected
+    assert not lazyllm.is_patched(model)
+    lazyllm.patch(model, name)
+    assert model._lazyllm.config == expected
+    lazyllm.unpatch(model)
+
+
+def test_an_unknown_preset_name_is_refused_naming_the_presets():
+    model = tiny_llama("gqa")
+    with pytest.raises(lazyllm.ConfigError, match="'fast'.*off, default, balanced, aggressive"):
+        lazyllm.patch(model, "fast")
+    with pytest.raises(lazyllm.ConfigError, match="default, balanced, aggressive"):
+        with lazyllm.patched(model, "fast"):
+            pass
+    assert not lazyllm.is_patched(model)
+
+
 def test_consecutive_generates_do_not_leak_state():
     model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
     first_ids, second_ids = random_ids(300, seed=1), random_ids(180, seed=2)
-    caches = []
+    caches = []  # every cache a call ran on, once
     record = model._lazyllm.record
-    model._lazyllm.record = lambda stats, cache: caches.append(weakref.ref(cache)) or record(stats, cache)
+
+    def spy(stats, cache):
+        if all(known() is not cache for known in caches):
+            caches.append(weakref.ref(cache))
+        record(stats, cache)
+
+    model._lazyllm.record = spy
     with torch.inference_mode():
         first = model.generate(first_ids, max_new_tokens=20, do_sample=False)
         first_stats = pruned_stats(model)
@@ -250,3 +282,70 @@ def test_a_subclass_ranks_the_tokens_through_rank_tokens():
     assert kept != attention
     with torch.inference_mode():
         checked_generate(model, ids, max_new_tokens=10, do_sample=False)
+
+
+BUILTIN_BASES = {
+    "ConfigError": ValueError,
+    "UnsupportedModelError": TypeError,
+    "UnsupportedCacheError": TypeError,
+    "UnsupportedCallError": ValueError,
+    "UnsupportedGenerationError": ValueError,
+}
+
+
+def test_every_error_lazyllm_raises_is_a_lazyllm_error_and_keeps_its_builtin_base():
+    from lazyllm.cache import UnsupportedCacheError
+    from lazyllm.calls import UnsupportedCallError, UnsupportedGenerationError
+    from lazyllm.config import ConfigError
+    from lazyllm.families import UnsupportedModelError
+    from lazyllm.models import ModelNotFoundError
+
+    reexported = [ConfigError, UnsupportedModelError, UnsupportedCacheError, UnsupportedCallError]
+    assert [getattr(lazyllm, error.__name__) for error in reexported] == reexported, "the modules re-export them"
+    assert UnsupportedGenerationError is lazyllm.UnsupportedGenerationError
+    for name, base in BUILTIN_BASES.items():
+        error = getattr(lazyllm, name)
+        assert issubclass(error, lazyllm.LazyLLMError) and issubclass(error, base), name
+    assert issubclass(ModelNotFoundError, lazyllm.LazyLLMError) and issubclass(ModelNotFoundError, FileNotFoundError)
+    # Every exception class of the library joins the family; the CLI's own error never leaves `lazyllm.cli.main`.
+    for info in pkgutil.iter_modules(lazyllm.__path__):
+        module = importlib.import_module(f"lazyllm.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__:
+                assert issubclass(value, lazyllm.LazyLLMError) or value.__name__ == "CLIError", value
+
+
+def test_one_except_clause_catches_a_bad_config():
+    caught = []
+    for bad in (
+        lambda: lazyllm.LazyConfig(prune_layers=(2,), keep_ratios=(1.5,)),
+        lambda: lazyllm.patch(tiny_llama("gqa"), lazyllm.LazyConfig(prune_layers=(2, 6), keep_ratios=(0.5, 0.2))),
+        lambda: lazyllm.patch(tiny_llama("gqa"), "fast"),
+    ):
+        try:
+            bad()
+        except lazyllm.LazyLLMError as error:
+            caught.append(error)
+    assert len(caught) == 3 and all(isinstance(error, lazyllm.ConfigError) for error in caught)
+
+
+def test_import_lazyllm_leaves_calibration_unimported_until_used():
+    # `import transformers` imports tqdm itself, so only lazyllm's own modules can be kept out.
+    code = (
+        "import sys, lazyllm\n"
+        "heavy = [m for m in ('lazyllm.calibration', 'lazyllm.timing', 'lazyllm.generation') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert 'calibrate' in lazyllm.__all__ and 'calibrate' in dir(lazyllm)\n"
+        "from lazyllm import Calibration\n"
+        "assert lazyllm.calibrate.__module__ == 'lazyllm.calibration' and issubclass(Calibration, lazyllm.LazyConfig)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_deprecation_warning_raised_from_lazyllm_code_fails_the_suite():
+    """pyproject.toml's filterwarnings: a FutureWarning attributed to a lazyllm module is an error in every test."""
+    import warnings
+
+    with pytest.raises(FutureWarning):
+        warnings.warn_explicit("renamed", FutureWarning, "lazyllm/compat.py", 1, module="lazyllm.compat")

@@ -136,9 +136,21 @@ def test_every_candidate_uses_the_token_score_asked_for(monkeypatch):
     assert config.describe_scoring() == "window8+pool3" and config.prune_layers != (1,), "the schedule is searched"
 
 
+@pytest.mark.parametrize("name, score", [("balanced", "window32+pool7"), ("default", "paper")])
+def test_a_preset_name_as_scoring_means_the_token_score_that_preset_carries(name, score, monkeypatch):
+    calls = faithful_above(0.6, monkeypatch)
+    config = lazyllm.calibrate(
+        tiny_llama("xgen"), Tokenizer(), prompts(16), min_prompt_tokens=0, scoring=name, progress=False
+    )
+    tried = [c for c in calls if c is not None]
+    assert tried and all(c.describe_scoring() == score for c in tried)
+    assert config.describe_scoring() == score
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        (dict(scoring="fast"), "default, balanced, aggressive"),
         (dict(min_agreement=0.95), "at least 73 prompts"),
         (dict(min_prompt_tokens=500), "shorter than min_prompt_tokens=500"),
         (dict(target="both"), "target must be"),

@@ -13,11 +13,12 @@ model.
 import contextlib
 import copy
 import threading
+import warnings
 
 import pytest
 import torch
 from conftest import SMALL_DIMS, random_ids, tiny_llama
-from kv_checks import checked_generate
+from kv_checks import Held, check_kv, checked_generate, recording
 from tokenizers import Tokenizer, decoders, models
 from transformers import (
     DynamicCache,
@@ -116,7 +117,8 @@ OPTIONS = {
     "stop_strings": (lambda: {"input_ids": random_ids(120)}, dict(stop_strings=STOP_STRINGS, tokenizer=characters())),
     "assisted_decoding": (lambda: {"input_ids": random_ids(120)}, dict(assistant_model=tiny_llama("gqa", seed=1))),
 }
-FALLS_BACK = ("prompt_lookup", "static_cache", "assisted_decoding")  # with a warning, and its reason recorded
+# with a warning, and its reason recorded
+FALLS_BACK = ("prompt_lookup", "static_cache", "assisted_decoding", "right_padding")
 
 
 def run(model, inputs, options, seed=0):
@@ -147,8 +149,6 @@ def test_keep_all_returns_what_the_unpatched_model_returns(family, name):
     with lazyllm.patched(model, KEEP_ALL):
         got = run(model, inputs, options)
         stats = lazyllm.stats(model)
-    if name == "right_padding":  # Transformers answers a right-padded row from its last pad; lazyllm from its last
-        got, expected = sequences(got)[1:], sequences(expected)[1:]  # real token (tested below): compare row 1 only
     assert torch.equal(sequences(got), sequences(expected))
     for field in ("scores", "logits"):
         if getattr(expected, field, None) is not None:
@@ -172,22 +172,57 @@ def test_with_pruning_a_call_prunes_or_records_why_not(name):
     assert prunes or stats.fallback_reason
 
 
-def test_a_compiled_forward_returns_what_the_unpatched_compiled_model_returns():
-    """`torch.compile` over the patched forward: Dynamo traces lazyllm's code (breaking the graph where shapes depend
-    on data). The "eager" backend keeps the test seconds long; code generation (inductor) is not lazyllm's."""
+def compiled_generate(model, inputs, options, config=None):
+    """`generate()` with `model.forward = torch.compile(model.forward, fullgraph=True)` (the "eager" backend keeps
+    the test seconds long: graph capture is Dynamo's, code generation is not lazyllm's), patched with `config`."""
+    torch._dynamo.reset()  # Dynamo's caches live per code object, across tests: each test starts afresh
+    with lazyllm.patched(model, config) if config else contextlib.nullcontext():
+        forward = model.forward
+        model.forward = torch.compile(forward, backend="eager", fullgraph=True)
+        try:
+            return run(model, inputs, options), lazyllm.stats(model) if config else None
+        finally:
+            model.forward = forward
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_compiled_forward_steps_aside_and_returns_what_the_unpatched_compiled_model_returns(cache):
+    """Traced calls run the unpatched forward: no graph break (fullgraph), the same tokens, the reason in stats."""
     model, ids = tiny_llama("gqa"), random_ids(120)
-    outputs = []
-    for config in (None, KEEP_ALL, PRUNE):
+    options = dict(max_new_tokens=3, cache_implementation=cache)
+    expected, _ = compiled_generate(model, {"input_ids": ids}, options)
+    for config in (KEEP_ALL, PRUNE):
+        got, stats = compiled_generate(model, {"input_ids": ids}, options, config)
+        assert torch.equal(got, expected)
+        assert not stats.pruned and "torch.compile" in stats.fallback_reason
+
+
+def test_a_compiled_generation_on_a_static_cache_compiles_no_more_than_the_unpatched_one():
+    """Transformers' no-recompile check: a second generation of the same shapes reuses the compiled graphs."""
+    model, ids = tiny_llama("gqa"), random_ids(120)
+    options = dict(max_new_tokens=3, cache_implementation="static")
+    for config in (None, PRUNE):
+        torch._dynamo.reset()
         with lazyllm.patched(model, config) if config else contextlib.nullcontext():
             forward = model.forward
-            model.forward = torch.compile(forward, backend="eager")
+            model.forward = torch.compile(forward, backend="eager", fullgraph=True)
             try:
-                outputs.append(run(model, {"input_ids": ids}, dict(max_new_tokens=3)))
+                first = run(model, {"input_ids": ids}, options)
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    assert torch.equal(run(model, {"input_ids": ids}, options), first)
             finally:
                 model.forward = forward
-            assert config is None or lazyllm.stats(model).pruned
-    assert torch.equal(outputs[1], outputs[0])
-    assert outputs[2].shape == outputs[0].shape
+
+
+def test_eager_calls_prune_again_after_compiled_ones():
+    model, ids = lazyllm.patch(tiny_llama("gqa"), PRUNE), random_ids(120)
+    torch._dynamo.reset()
+    forward = model.forward
+    model.forward = torch.compile(forward, backend="eager", fullgraph=True)
+    run(model, {"input_ids": ids}, dict(max_new_tokens=3))
+    model.forward = forward
+    run(model, {"input_ids": ids}, dict(max_new_tokens=3))
+    assert lazyllm.stats(model).pruned
 
 
 def test_streamers_see_every_token_once():
@@ -206,10 +241,26 @@ def test_inputs_embeds_prune_like_input_ids():
     assert torch.equal(by_ids[0, 120:], by_embeds[0]) and lazyllm.stats(model).pruned
 
 
-@pytest.mark.parametrize("padding", [left_padded, right_padded])
-def test_padded_rows_prune_as_when_run_alone(padding):
+def test_right_padded_calls_run_unpruned_with_one_warning_or_raise_under_strict():
+    """Transformers answers a right-padded row from its last pad: pruning steps aside, so the answers are its own."""
+    model, inputs = tiny_llama("gqa"), right_padded()
+    expected = run(model, inputs, {})
+    lazyllm.patch(model, PRUNE)
+    with pytest.warns(UserWarning, match="right-padded rows"):
+        got = run(model, inputs, {})
+    assert torch.equal(got, expected)
+    assert lazyllm.stats(model).fallback_reason.startswith("right-padded rows")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per reason
+        run(model, inputs, {})
+    lazyllm.patch(model, lazyllm.LazyConfig(**{**_fields(PRUNE), "strict": True}))
+    with pytest.raises(lazyllm.UnsupportedCallError, match="padding_side = 'left'"):
+        run(model, inputs, {})
+
+
+def test_left_padded_rows_prune_as_when_run_alone():
     model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
-    inputs = padding()
+    inputs = left_padded()
     with torch.inference_mode():
         batched, stats, _ = checked_generate(model, **inputs, max_new_tokens=8, do_sample=False)
         for row in range(2):
@@ -308,3 +359,54 @@ def test_two_threads_on_one_patched_model_get_their_own_answers():
     for thread in threads:
         thread.join()
     assert all(torch.equal(results[i], alone[i]) for i in range(2))
+
+
+def test_stats_and_the_self_check_follow_the_copy_a_generation_runs_on():
+    model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
+    _, prefix_cache = shared_prefix(model, random_ids(120), [random_ids(10, seed=7)])
+    stats = lazyllm.stats(model)
+    assert stats.turn_tokens == 10 and stats.decode_steps == 5, "the copy's question and answer, not the prefix"
+    assert stats.recomputed_token_layers == 0
+    assert prefix_cache.layers[0].state.stats.decode_steps == 0, "the prefix's own figures are untouched"
+
+
+def crop_and_continue(model, remove, config=None):
+    """Generate 6 tokens on a cache, crop its last `remove` tokens, then ask a new question on it."""
+    cache, ids = DynamicCache(config=model.config), random_ids(120)
+    with lazyllm.patched(model, config) if config else contextlib.nullcontext(), torch.inference_mode():
+        one = model.generate(ids, past_key_values=cache, max_new_tokens=6, do_sample=False)
+        cache.crop(-remove)
+        if config is not None and config.revive_all_at is None:  # revived tokens sit among the removed ones
+            assert any(layer.holes for layer in cache.layers)
+        held = cache.get_seq_length()
+        follow = torch.cat([one[:, :held], random_ids(10, seed=7)], dim=1)
+        if config:
+            with recording(model) as seen:
+                two = model.generate(follow, past_key_values=cache, max_new_tokens=6, do_sample=False)
+            check_kv(model, cache, Held(cache))
+            assert [c for c, _ in seen] == [cache] and lazyllm.stats(model).recomputed_token_layers == 0
+        else:
+            two = model.generate(follow, past_key_values=cache, max_new_tokens=6, do_sample=False)
+    return held, one, two
+
+
+@pytest.mark.parametrize("remove", [3, 20])  # generated tokens only; into the prompt
+def test_a_cropped_cache_continues_as_the_unpatched_model_and_stays_consistent(remove):
+    model = tiny_llama("gqa")
+    expected = crop_and_continue(model, remove)
+    assert expected[0] == 125 - remove
+    got = crop_and_continue(model, remove, KEEP_ALL)
+    assert got[0] == expected[0] and torch.equal(got[1], expected[1]) and torch.equal(got[2], expected[2])
+    crop_and_continue(model, remove, lazyllm.LazyConfig(**_fields(PRUNE), revive_all_at=None))  # holes: checked
+
+
+def test_a_reset_cache_prunes_a_new_prompt_as_a_fresh_cache_does():
+    model, ids = lazyllm.patch(tiny_llama("gqa"), PRUNE), random_ids(120)
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model.generate(random_ids(130, seed=5), past_key_values=cache, max_new_tokens=4, do_sample=False)
+        cache.reset()
+        assert cache.get_seq_length() == 0
+        again = model.generate(ids, past_key_values=cache, max_new_tokens=6, do_sample=False)
+        fresh = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(again, fresh) and lazyllm.stats(model).pruned

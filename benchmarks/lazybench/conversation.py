@@ -50,6 +50,7 @@ from lazybench.qa import qa_follow_up
 from lazybench.report import table
 from lazybench.tasks import Sample, build_samples, score
 from lazybench.timing import StepClock, ratio_summary, summarize, synchronize
+from lazyllm.compat import GENERATE_CACHE_KWARG
 from lazyllm.documents import sample_rng
 from lazyllm.fidelity import answers_agree, token_f1, wilson_interval
 from lazyllm.generation import encode, greedy, has_chat_template
@@ -119,8 +120,8 @@ def timed_turn(model: Any, tokenizer: Any, ids: torch.Tensor, cache: Any, max_ne
     ids = ids.to(model.device)
     synchronize(model.device)
     start = time.perf_counter()
-    output = greedy(model, ids, None, max_new, logits_processor=[clock], past_key_values=cache, **_DICT)
-    assert output.past_key_values is cache, "generate() continues the cache object it is given"
+    output = greedy(model, ids, None, max_new, logits_processor=[clock], **{GENERATE_CACHE_KWARG: cache}, **_DICT)
+    assert getattr(output, GENERATE_CACHE_KWARG) is cache, "generate() continues the cache object it is given"
     new = output.sequences[0, ids.shape[1] :].cpu()
     answer = tokenizer.decode(new, skip_special_tokens=True)
     figures = dict(input_tokens=int(ids.shape[1]), cached_tokens=int(cached), new_tokens=int(new.shape[0]))

@@ -1,24 +1,19 @@
-"""Drop-in `generate()` on long prompts: right-padded batches and beam search, patched against the unpatched model.
+"""Drop-in `generate()` on long prompts: beam search, patched against the unpatched model.
 
-Right padding and beam search prune since 0.2 (README's `generate()` table, docs/DECISIONS.md section 10); this
-measures, on the real model, whether their answers stay the unpatched model's and what their first token costs.
-Prompts: the rig's five RULER-style tasks, `--n` per task at `--length` tokens, needles / gold spread over depths
-0.05..0.95, split seed 7 (used by nothing else). The patched model runs `--schedule` with `min_prompt_tokens=0`.
+Beam search prunes since 0.2 (README's `generate()` table, docs/DECISIONS.md section 10); this measures, on the real
+model, whether its answers stay the unpatched model's and what its first token costs. Right-padded calls run
+unpruned, so there is nothing to measure for them. Prompts: the rig's five RULER-style tasks, `--n` per task at
+`--length` tokens, needles / gold spread over depths 0.05..0.95, split seed 7 (used by nothing else). Each prompt is
+answered with `--num-beams` beams (`--new-tokens`, one cap for every task) by the patched model (`--schedule` with
+`min_prompt_tokens=0`) and by the unpatched one, whose returned sequence is the reference.
 
-- right_padding: batches of two rows tokenized with `padding_side="right"`: a `--length` prompt and a new question of
-  the same task at 7/8 of that length (sample n+k of the split, depths reversed). The patched batch answers greedily
-  (`--new-tokens`, one cap for every task); the reference is the unpatched model answering each row alone, since
-  unpatched Transformers answers a right-padded row from its last pad: its batch answers are recorded too, with
-  their agreement with the rows alone, for information.
-- beam_search: each `--length` prompt with `--num-beams` beams, patched against unpatched (the returned sequence).
+Fidelity is whole-answer agreement (`lazyllm.fidelity.answers_agree`) and token F1. TTFT (`generate()` to the first
+token's logits, `lazybench.timing.StepClock`) of the unpatched and the patched call on the same prompt are timed back
+to back, their order alternating from one prompt to the next; the ratio is unpatched / patched. A patched call that
+did not prune raises. One JSON line per (prompt, config) is appended to `--out` as results come (`mode`:
+"beam_search"), and a re-run skips what the file holds; then the table (`report`) is printed.
 
-Fidelity is whole-answer agreement (`lazyllm.fidelity.answers_agree`) and token F1, per row. TTFT (`generate()` to
-the first token's logits, `lazybench.timing.StepClock`) of the unpatched and the patched call on the same inputs
-are timed back to back, their order alternating from one batch or prompt to the next; the ratio is unpatched /
-patched. A patched call that did not prune raises. One JSON line per (batch or prompt, mode, config) is appended to
-`--out` as results come, and a re-run skips what the file holds; then the table (`report`) is printed.
-
-    python -m lazybench.dropin --threads 2 --out benchmarks/results/dropin.jsonl   # SmolLM2: 25 batches, 25 prompts
+    python -m lazybench.dropin --threads 2 --out benchmarks/results/dropin.jsonl   # SmolLM2: 25 prompts
     python -m lazybench.dropin --report benchmarks/results/dropin.jsonl            # the table from the records alone
 """
 
@@ -47,10 +42,9 @@ from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt
 from lazybench.timing import summarize, timed_generate
 from lazyllm.fidelity import answers_agree, token_f1, wilson_interval
 
-MODES = ("right_padding", "beam_search")
+MODE = "beam_search"  # the records' `mode` (files also hold records of the retired right_padding mode)
 SEED = 7  # the split of these prompts (frontier uses 0, 1, 3, 4, 8; outputs 5; conversation 6)
-SHORT_SHARE = 0.875  # the second row of a right-padded batch: a prompt of this share of --length
-ALONE, UNPATCHED = "unpatched_alone", "unpatched"
+UNPATCHED = "unpatched"
 
 
 class DropinRecords(Records):
@@ -73,19 +67,16 @@ def task_samples(tokenizer: Any, task: str, length: int, depths: Sequence[float]
     return build_samples(task, tokenizer, length, depths=depths, seed=SEED)
 
 
-def prompt_pairs(tokenizer: Any, n: int, length: int, tiny: bool) -> list[tuple[int, Sample, Sample]]:
-    """(k, prompt k at `length`, prompt n+k at 7/8 of it) of every task, interleaved across tasks."""
+def prompts(tokenizer: Any, n: int, length: int, tiny: bool) -> list[tuple[int, Sample]]:
+    """(k, prompt k at `length`) of every task, interleaved across tasks."""
     depths = [0.05 + 0.9 * i / max(n - 1, 1) for i in range(n)]
-    short = round(length * SHORT_SHARE)
-    longs = {task: task_samples(tokenizer, task, length, depths, tiny) for task in TASKS}
-    shorts = {task: task_samples(tokenizer, task, short, depths + depths[::-1], tiny)[n:] for task in TASKS}
-    return [(k, longs[task][k], shorts[task][k]) for k in range(n) for task in TASKS]
+    samples = {task: task_samples(tokenizer, task, length, depths, tiny) for task in TASKS}
+    return [(k, samples[task][k]) for k in range(n) for task in TASKS]
 
 
-def right_padded(tokenizer: Any, samples: Sequence[Sample], device: torch.device) -> dict[str, torch.Tensor]:
-    tokenizer.padding_side = "right"
-    texts = [chat_prompt(tokenizer, sample, answer_prefix=True) for sample in samples]
-    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+def encode(tokenizer: Any, sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
+    """One prompt's `generate()` inputs (a batch of one row, no padding)."""
+    encoded = tokenizer([chat_prompt(tokenizer, sample, answer_prefix=True)], return_tensors="pt")
     return {"input_ids": encoded.input_ids.to(device), "attention_mask": encoded.attention_mask.to(device)}
 
 
@@ -107,7 +98,7 @@ class Bench:
 
 
 def call(bench: Bench, inputs: dict[str, torch.Tensor], patched: bool, num_beams: int = 1) -> dict[str, Any]:
-    """One `generate()`: each row's answer, the TTFT and (patched) the stats; raises if a patched call did not prune."""
+    """One `generate()`: its answers, the TTFT and (patched) the stats; raises if a patched call did not prune."""
     beams = {"num_beams": num_beams} if num_beams > 1 else {}
     model = bench.model
     with lazyllm.patched(model, bench.config) if patched else contextlib.nullcontext():
@@ -133,18 +124,8 @@ def side_by_side(
     return results[False], results[True]
 
 
-def rows_alone(bench: Bench, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The unpatched model's answer to each row of a right-padded batch, run alone (no padding)."""
-    results = []
-    for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
-        row = ids[: int(mask.sum())][None]
-        results.append(call(bench, {"input_ids": row, "attention_mask": torch.ones_like(row)}, patched=False))
-    answers, tokens = ([r[key][0] for r in results] for key in ("answers", "prompt_tokens"))
-    return {"answers": answers, "ttft_s": [r["ttft_s"] for r in results], "prompt_tokens": tokens, "stats": None}
-
-
 def judged(result: dict[str, Any], reference: Sequence[str]) -> dict[str, Any]:
-    """A call's answers with their agreement and token F1 against the reference answers, row by row."""
+    """A call's answers with their agreement and token F1 against the reference answers, answer by answer."""
     pairs = list(zip(result["answers"], reference, strict=True))
     return dict(
         result,
@@ -164,23 +145,18 @@ def compared(patched: dict[str, Any], unpatched: dict[str, Any], patched_first: 
     )
 
 
-def run_group(bench: Bench, mode: str, samples: Sequence[Sample], where: dict[str, Any], patched_first: bool) -> int:
-    """One batch (right_padding) or prompt (beam_search) of `mode`; returns how many records were added."""
-    beams = bench.num_beams if mode == "beam_search" else 1
-    where = dict(where, mode=mode, num_beams=beams, task=samples[0].task, depths=[s.depth for s in samples])
-    names = [ALONE, UNPATCHED, bench.name] if mode == "right_padding" else [UNPATCHED, bench.name]
+def run_prompt(bench: Bench, sample: Sample, where: dict[str, Any], patched_first: bool) -> int:
+    """One prompt, unpatched and patched; returns how many records were added."""
+    where = dict(where, mode=MODE, num_beams=bench.num_beams, task=sample.task, depths=[sample.depth])
+    names = [UNPATCHED, bench.name]
     if all(bench.records.key(dict(where, name=name)) in bench.records.done for name in names):
         return 0
-    inputs = right_padded(bench.tokenizer, samples, bench.model.device)
-    unpatched, patched = side_by_side(bench, inputs, beams, patched_first)
-    found = {UNPATCHED: unpatched}
-    reference = unpatched["answers"]
-    if mode == "right_padding":  # the reference: each row alone (the unpatched batch answers from the pads)
-        found[ALONE] = rows_alone(bench, inputs)
-        reference = found[ALONE]["answers"]
-        found[UNPATCHED] = judged(unpatched, reference)
-        patched = dict(patched, unpatched_batch_agree=found[UNPATCHED]["agree"])
-    found[bench.name] = judged(patched, reference) | compared(patched, unpatched, patched_first)
+    inputs = encode(bench.tokenizer, sample, bench.model.device)
+    unpatched, patched = side_by_side(bench, inputs, bench.num_beams, patched_first)
+    found = {
+        UNPATCHED: unpatched,
+        bench.name: judged(patched, unpatched["answers"]) | compared(patched, unpatched, patched_first),
+    }
     for name in names:
         patched_record = name == bench.name
         config = dataclasses.asdict(bench.config) if patched_record else None
@@ -191,8 +167,8 @@ def run_group(bench: Bench, mode: str, samples: Sequence[Sample], where: dict[st
 
 
 COLUMNS = (
-    "mode | config | model | prompt tokens | new tokens (cap) | answered | agreement [95% Wilson] | mean token F1 | "
-    "TTFT ratio, median [q1-q3] | prefill token fraction | unpatched padded batch = rows alone"
+    "mode | config | model | --length | new tokens (cap) | answered | agreement [95% Wilson] | mean token F1 | "
+    "TTFT ratio, median [q1-q3] | prefill token fraction"
 ).split(" | ")
 
 
@@ -201,21 +177,17 @@ def table_row(mode: str, name: str, model: str, length: int, cap: int, beams: in
     agree = [a for r in rows for a in r["agree"]]
     low, high = wilson_interval(sum(agree), len(agree))
     ratio = summarize([r["ttft_ratio"] for r in rows])
-    padded = [a for r in rows for a in r.get("unpatched_batch_agree", [])]
     cells = [
         mode,
         name,
         model,
-        f"{length}" + (f" and {round(length * SHORT_SHARE)}" if mode == "right_padding" else ""),
+        str(length),
         str(cap),
-        f"{len(agree)} rows in {len(rows)} batches"
-        if mode == "right_padding"
-        else f"{len(agree)} prompts, {beams} beams",
+        f"{len(agree)} answers in {len(rows)} calls" + (f" of {beams} beams" if beams > 1 else ""),
         f"{sum(agree)}/{len(agree)} [{low:.2f}-{high:.2f}]",
         f"{statistics.mean(f for r in rows for f in r['f1']):.3f}",
         f"{ratio['median']:.2f}x [{ratio['q1']:.2f}-{ratio['q3']:.2f}]",
         f"{statistics.mean(r['prefill_token_fraction'] for r in rows):.3f}",
-        f"{sum(padded)}/{len(padded)}" if padded else "-",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -231,8 +203,8 @@ def render(records: Iterable[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += [table_row(*key, rows) for key, rows in sorted(groups.items())]
     notes = (
-        "\nAgreement: whole answers equal to the unpatched model's (right padding: each row answered alone, "
-        "unpadded). TTFT ratio: unpatched / patched call on the same inputs, timed back to back, per batch or prompt."
+        "\nAgreement: whole answers equal to the unpatched model's. TTFT ratio: unpatched / patched call on the same "
+        "inputs, timed back to back, per call."
     )
     return "\n".join(lines) + "\n" + notes
 
@@ -248,25 +220,22 @@ def measure(args: argparse.Namespace, command: str) -> None:
     bench = Bench(model, tokenizer, config, args.schedule, args.new_tokens, args.num_beams, DropinRecords(args.out))
     where = dict(kind="dropin", model=args.model, seed=SEED, n=args.n, length=args.length)
     where.update(max_new_tokens=args.new_tokens, machine=machine_info(str(model.device)), command=command)
-    pairs = prompt_pairs(tokenizer, args.n, args.length, tiny)
-    warm = right_padded(tokenizer, pairs[0][1:2], model.device)
+    samples = prompts(tokenizer, args.n, args.length, tiny)
+    warm = encode(tokenizer, samples[0][1], model.device)
     for patched in (False, True):  # first calls are slow: warm both up, untimed
         call(bench, {key: value[:, :256] for key, value in warm.items()}, patched)
     start = time.perf_counter()
-    for index, (k, long, short) in enumerate(pairs):
-        for mode in args.modes:
-            samples = [long, short] if mode == "right_padding" else [long]
-            added = run_group(bench, mode, samples, dict(where, sample=k), patched_first=index % 2 == 1)
-            if added:
-                print(f"[{time.perf_counter() - start:6.0f}s] {mode} {long.task} #{k}: {added} records", flush=True)
+    for index, (k, sample) in enumerate(samples):
+        added = run_prompt(bench, sample, dict(where, sample=k), patched_first=index % 2 == 1)
+        if added:
+            print(f"[{time.perf_counter() - start:6.0f}s] {MODE} {sample.task} #{k}: {added} records", flush=True)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lazybench.dropin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="a name or path load_model accepts; 'tiny': tests")
-    parser.add_argument("--length", type=int, default=2048, help="prompt tokens (the second rows: 7/8 of it)")
+    parser.add_argument("--length", type=int, default=2048, help="prompt tokens")
     parser.add_argument("--n", type=int, default=5, help="prompts per task (5 tasks)")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--num-beams", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=24, help="answer cap of every call")
     parser.add_argument("--schedule", default="default", help="a preset or 'layer:keep,...' (LazyConfig.parse)")
