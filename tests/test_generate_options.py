@@ -2,7 +2,8 @@
 
 At keep 1.0 through the pruned path a patched model returns what the unpatched one returns (sequences equal,
 scores close); with pruning on, each call either prunes (the stats say so) or runs unpruned with its reason
-recorded. Llama and Qwen2 (another family, with its own attention bias). Options: greedy, sampling, beam search and
+recorded. Llama, Qwen2 (another family, with its own attention bias) and Gemma 3 (hybrid sliding windows; from
+Transformers 5 on). Options: greedy, sampling, beam search and
 beam sample, assisted and prompt-lookup decoding, static cache, left and right padding, `return_dict_in_generate` with
 scores / logits / attentions / hidden states, `num_return_sequences`, `generation_config` objects, stopping criteria
 and stop strings; streamers, `inputs_embeds` and a `torch.compile`d forward in tests of their own. Also: later turns
@@ -19,6 +20,7 @@ import pytest
 import torch
 from conftest import SMALL_DIMS, random_ids, tiny_llama
 from kv_checks import Held, check_kv, checked_generate, recording
+from test_gemma import tiny_gemma3
 from tokenizers import Tokenizer, decoders, models
 from transformers import (
     DynamicCache,
@@ -29,8 +31,10 @@ from transformers import (
     StoppingCriteria,
 )
 from transformers.generation.streamers import BaseStreamer
+from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 import lazyllm
+from lazyllm.families import rope_takes_layer_type
 
 
 def tiny_qwen2(attn: str = "sdpa", seed: int = 0) -> Qwen2ForCausalLM:
@@ -42,6 +46,8 @@ def tiny_qwen2(attn: str = "sdpa", seed: int = 0) -> Qwen2ForCausalLM:
 
 
 MODELS = {"llama": lambda attn="sdpa": tiny_llama("gqa", attn), "qwen2": tiny_qwen2}
+if rope_takes_layer_type(Gemma3RotaryEmbedding):  # lazyllm serves Gemma 3 from Transformers 5 on
+    MODELS["gemma3"] = tiny_gemma3  # hybrid sliding-window attention, a window of 8
 KEEP_ALL = lazyllm.LazyConfig(prune_layers=(5,), keep_ratios=(1.0,), min_prompt_tokens=0)
 PRUNE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0)
 
@@ -410,3 +416,19 @@ def test_a_reset_cache_prunes_a_new_prompt_as_a_fresh_cache_does():
         again = model.generate(ids, past_key_values=cache, max_new_tokens=6, do_sample=False)
         fresh = model.generate(ids, max_new_tokens=6, do_sample=False)
     assert torch.equal(again, fresh) and lazyllm.stats(model).pruned
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("padding", [None, left_padded, right_padded])
+def test_a_pruned_call_and_an_unpruned_call_of_one_model_agree(family, padding):
+    """At keep 1.0 the same patched model answers alike whether a call prunes (`logits_to_keep=1`, a dynamic cache)
+    or not (every position's logits, a static cache)."""
+    model = lazyllm.patch(MODELS[family](), KEEP_ALL)
+    inputs = padding() if padding else {"input_ids": random_ids(120)}
+    with torch.inference_mode():
+        last = model(**inputs, logits_to_keep=1).logits[:, -1]
+        every = model(**inputs).logits[:, -1]
+        dynamic = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        static = model.generate(**inputs, max_new_tokens=6, do_sample=False, cache_implementation="static")
+    assert (last - every).abs().max().item() < 1e-5
+    assert torch.equal(dynamic, static)
