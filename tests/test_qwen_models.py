@@ -20,6 +20,7 @@ import torch
 from conftest import missing
 from transformers import Qwen2ForCausalLM
 
+import lazyllm
 from lazyllm import models
 from lazyllm.cli import main
 from lazyllm.models import ModelNotFoundError, PartedGGUF, assembled_gguf_path, load_model
@@ -254,3 +255,21 @@ def test_qwen2_5_coder_0_5b_by_name() -> None:
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert "4" in tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+    # At keep 1.0 through the pruned path, a real long prompt: every logit of the prefill and of greedy decoding
+    # equals the unpatched model's.
+    from lazyllm.documents import long_document_question
+    from lazyllm.generation import chat_prompt
+
+    text, _ = long_document_question(tokenizer, length=600)
+    ids = tokenizer(chat_prompt(tokenizer, text), return_tensors="pt").input_ids
+    layers = lazyllm.LazyConfig.preset("default", 24).prune_layers
+    keep_all = lazyllm.LazyConfig(prune_layers=layers, keep_ratios=(1.0,), min_prompt_tokens=0)
+    options = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    with torch.inference_mode():
+        base = model.generate(ids, **options)
+        with lazyllm.patched(model, keep_all):
+            out = model.generate(ids, **options)
+            assert lazyllm.stats(model).pruned
+    assert torch.equal(out.sequences, base.sequences)
+    for step, (mine, theirs) in enumerate(zip(out.logits, base.logits)):
+        assert torch.equal(mine, theirs), f"step {step}: {(mine - theirs).abs().max().item()}"
