@@ -6,8 +6,9 @@
   cannot serve, and closes the stats;
 - a forward pre-hook on the causal LM tells the base model's forward whether the caller needs the last position's
   logits only (otherwise pruning steps aside);
-- a forward hook on the query projection of each layer before a pruning layer keeps the last `score_window` tokens'
-  queries.
+- a forward hook on the query module of every decoder layer keeps, for a pruned pass that scores a cut with that
+  layer, the last `score_window` tokens' queries: the pass's own config says which layers and how many tokens, so
+  a cache decodes with the config its prefill ran with, whatever the model was patched with since.
 `unpatch(model)` restores each attribute as it was and removes the hooks.
 """
 
@@ -72,20 +73,18 @@ class LazyRuntime:
                 setattr(owner, attribute, previous)
         self._replaced.clear()
 
-    def reconfigure(self, model: nn.Module, config: LazyConfig) -> None:
+    def reconfigure(self, config: LazyConfig) -> None:
+        """The schedule of the next prefills (a pruned cache decodes with its own, `LazyState.config`)."""
         self.config = config
-        self._remove_hooks()
-        self._install_hooks(model)
 
     def _install_hooks(self, model: nn.Module) -> None:
-        """The causal LM's pre-hook (`last_token_only_hook`), and a hook on the query module of the layer before each
-        cut: the queries a cut scores with."""
+        """The causal LM's pre-hook (`last_token_only_hook`), and a hook on the query module of every decoder layer
+        (`query_hook`): the queries a cut scores with, kept where the running pass's config asks for them."""
         self._hooks.append(model.register_forward_pre_hook(last_token_only_hook(model), with_kwargs=True))
-        layers = base_model(model).layers
-        for layer in sorted({cut - 1 for cut in self.config.prune_layers}):
-            module = self.adapter.query_module(layers[layer])
-            hook = query_hook(self.adapter, layer, self.config.score_window)
-            self._hooks.append(module.register_forward_hook(hook))
+        base = base_model(model)
+        for layer, decoder_layer in enumerate(base.layers[: base.config.num_hidden_layers]):
+            module = self.adapter.query_module(decoder_layer)
+            self._hooks.append(module.register_forward_hook(query_hook(self.adapter, layer)))
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
@@ -198,7 +197,7 @@ def patch(model: nn.Module, config: LazyConfig | str | None = None) -> nn.Module
     config.check_depth(num_layers)
     runtime: LazyRuntime | None = getattr(model, "_lazyllm", None)
     if runtime is not None:
-        runtime.reconfigure(model, config)
+        runtime.reconfigure(config)
         return model
     runtime = LazyRuntime(adapter, config)
     runtime.install(model)

@@ -48,16 +48,18 @@ class Tokens:
 _CURRENT: ContextVar[LazyPass | None] = ContextVar("lazyllm_pass", default=None)  # the pass running in this thread
 
 
-def query_hook(adapter: FamilyAdapter, layer: int, window: int) -> Callable[[nn.Module, Any, torch.Tensor], None]:
-    """A forward hook on the query module of `layer` that keeps the last `window` tokens' queries (before RoPE) for
-    the pass running in this thread, if any."""
+def query_hook(adapter: FamilyAdapter, layer: int) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+    """A forward hook on the query module of decoder layer `layer`. Where the pass running in this thread scores a
+    cut with that layer (`LazyPass.scored_layers`, from the pass's own config), it keeps the last `score_window`
+    tokens' queries (before RoPE) for that pass; otherwise it does nothing (a context-variable read and a set
+    lookup)."""
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if torch.compiler.is_compiling():  # a traced call never prunes (`calls.COMPILED`)
             return
         current = _CURRENT.get()
-        if current is not None:
-            current.queries[layer] = adapter.last_queries(output, window).detach()
+        if current is not None and layer in current.scored_layers:
+            current.queries[layer] = adapter.last_queries(output, current.config.score_window).detach()
 
     return hook
 
@@ -97,6 +99,9 @@ class LazyPass:
         self.extend = extend  # several new tokens on a pruned cache: every parked token comes back first
         self.layers = base.layers[: base.config.num_hidden_layers]
         self.mode = self._mode()
+        # The layers whose queries this pass scores a cut with (the layer before each cut, where the cuts choose).
+        scored = {cut - 1 for cut in self.config.prune_layers} if self.mode == "choose" else set()
+        self.scored_layers = frozenset(scored)
         self.queries: dict[int, torch.Tensor] = {}  # layer -> (B, w, ...) queries before RoPE, from `query_hook`
         self.chosen: torch.Tensor | None = None  # (B, width): tokens the current layer may attend; None = all
         self.embeddings: PositionEmbeddings | None = None  # RoPE of the current tokens

@@ -55,9 +55,10 @@ def test_patching_twice_is_idempotent_and_changes_only_the_schedule():
         lazyllm.patch(model, SCHEDULE)
         twice = model.generate(ids, max_new_tokens=16, do_sample=False)
         pruned_stats(model)
-    assert torch.equal(once, twice) and hook_count(model) == 2
+    layers = len(model.model.layers)  # one query hook per decoder layer, whatever the schedule
+    assert torch.equal(once, twice) and hook_count(model) == layers
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0))
-    assert hook_count(model) == 1 and model._lazyllm.config.prune_layers == (3,)
+    assert hook_count(model) == layers and model._lazyllm.config.prune_layers == (3,)
     lazyllm.unpatch(model)
     assert hook_count(model) == 0 and "forward" not in model.__dict__
 

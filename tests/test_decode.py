@@ -196,3 +196,51 @@ def test_bad_decoding_options_are_refused(option):
 
 def test_revive_false_keeps_the_default_revive_all_at():
     assert lazyllm.LazyConfig(**SCHEDULE, revive=False).revive_all_at == 1, "nothing is parked: nothing to revive"
+
+
+def decode_turns(model, ids, turn, before, after, config_between=None):
+    """Prefill `ids`, `before` greedy steps, (re-patch with `config_between`), `after` steps, a second turn `turn`
+    (several new tokens), then `after` steps again, all on one cache: (new tokens, the turn's logits, cache)."""
+    cache = DynamicCache(config=model.config)
+    tokens, length = [], ids.shape[1]
+
+    def step(token):
+        nonlocal length
+        position = torch.arange(length, length + token.shape[1])[None, :]
+        length += token.shape[1]
+        return model(token, past_key_values=cache, use_cache=True, position_ids=position).logits[:, -1]
+
+    with torch.inference_mode():
+        logits = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        for count in (before, after):
+            for _ in range(count):
+                token = logits.argmax(dim=-1, keepdim=True)
+                tokens.append(int(token))
+                logits = step(token)
+            if config_between is not None:
+                lazyllm.patch(model, config_between)
+                config_between = None
+        turn_logits = logits = step(turn)
+        for _ in range(after):
+            token = logits.argmax(dim=-1, keepdim=True)
+            tokens.append(int(token))
+            logits = step(token)
+    return tokens, turn_logits, cache
+
+
+@pytest.mark.parametrize("order", ["wide_then_narrow", "narrow_then_wide"])
+def test_repatching_between_calls_on_one_cache_follows_the_caches_own_config(order):
+    """A pruned cache decodes, and takes a new turn, with the config its prefill ran with: re-patching the model
+    between two calls on it (other cuts, another score window) changes only the next prefill's config."""
+    wide = lazyllm.LazyConfig(**SCHEDULE, revive_all_at=None, score_window=8, score_pool=3)
+    narrow = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.3,), min_prompt_tokens=0, revive_all_at=None)
+    own, other = (wide, narrow) if order == "wide_then_narrow" else (narrow, wide)
+    ids, turn = random_ids(200), random_ids(5, seed=3)
+    expected, expected_logits, _ = decode_turns(lazyllm.patch(tiny_llama("gqa"), own), ids, turn, 3, 4)
+    model = lazyllm.patch(tiny_llama("gqa"), own)
+    tokens, logits, cache = decode_turns(model, ids, turn, 3, 4, config_between=other)
+    assert tokens == expected and torch.equal(logits, expected_logits)
+    assert held(cache).state.config == own and lazyllm.stats(model).decode_steps == 11
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert lazyllm.stats(model).schedule == other.describe(), "a new prefill runs the model's new config"
