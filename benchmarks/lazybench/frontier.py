@@ -168,7 +168,8 @@ def check_same_prompts(records: Records, where: dict[str, Any], lengths: Sequenc
 class Records:
     """The JSON-lines file: what is done (by key), and appending new records as they come."""
 
-    KEY = ("model", "split", "seed", "task", "length", "sample", "name", "max_new_tokens")
+    KEY = ("model", "dtype", "split", "seed", "task", "length", "sample", "name", "max_new_tokens")
+    DEFAULTS = {"dtype": "float32"}  # fields older records lack, with the value they were made with
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -180,7 +181,7 @@ class Records:
                     self.done[self.key(record)] = record
 
     def key(self, record: dict[str, Any]) -> tuple:
-        return tuple(record[field] for field in self.KEY)
+        return tuple(record[field] if field in record else self.DEFAULTS[field] for field in self.KEY)
 
     def add(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +285,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "default: each task's cap (12 tokens, 40 for the list task), stopping at end-of-sequence",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the model's dtype, patched and unpatched alike (bfloat16: ~2x faster on CPUs with avx512_bf16)",
+    )
     parser.add_argument("--quick", action="store_true", help="2k prompts, 2 per task, 2 candidates: a few minutes")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.jsonl"))
     args = parser.parse_args(argv)
@@ -296,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = lazyllm.models.load_model(args.model, dtype=torch.float32)
+    model, tokenizer = lazyllm.models.load_model(args.model, dtype=getattr(torch, args.dtype))
     num_layers = model.config.num_hidden_layers
     candidates = [candidate(s, q, num_layers) for q in args.schedules for s in args.scorings]
     candidates += [saved_candidate(path, model) for path in args.configs]
@@ -305,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = dict(
         kind="fidelity",
         model=args.model,
+        dtype=args.dtype,
         split=args.split,
         seed=seed,
         n=args.n,

@@ -83,3 +83,12 @@ def test_shipped_takes_each_preset_as_lazyllm_patch_applies_it():
         assert shipped.config == lazyllm.LazyConfig.preset(name, 24, min_prompt_tokens=0)
     with pytest.raises(SystemExit, match="preset names only"):
         frontier.candidate("shipped", "0.5:0.5", 24)
+
+
+def test_records_without_a_dtype_are_float32_and_another_dtype_is_another_key(tmp_path):
+    path = tmp_path / "frontier.jsonl"
+    old = dict(WHERE, task="niah_single", length=2048, sample=0, name="baseline", max_new_tokens=12)
+    path.write_text(json.dumps(old) + "\n")
+    records = frontier.Records(path)
+    assert records.key(dict(old, dtype="float32")) in records.done
+    assert records.key(dict(old, dtype="bfloat16")) not in records.done
