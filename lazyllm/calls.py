@@ -1,8 +1,10 @@
 """Which calls of a patched model prune, which run the unpruned forward (and why), and which are refused.
 
 Pruning serves a prefill whose caller needs the last position's logits only (what `generate()` asks for), and the
-decoding steps that follow it on the same cache. The causal LM's forward says whether its caller needs only the
-last logits by passing `LAST_TOKEN_ONLY` down to the base model's forward (no state shared between the two).
+calls that follow it on the same cache. The causal LM's forward says whether its caller needs only the last logits
+by passing `LAST_TOKEN_ONLY` down to the base model's forward (no state shared between the two). `decide` makes the
+decision for one call of the base model's forward, in one place; `generate_problems` and `check_generate_options`
+judge a `generate()` call's options before it starts.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, PretrainedConfig
+from transformers import DynamicCache, GenerationConfig, PretrainedConfig
 from transformers.cache_utils import Cache
 
 from lazyllm.cache import check_cache
@@ -22,7 +25,8 @@ from lazyllm.config import LazyConfig
 from lazyllm.errors import UnsupportedCacheError, UnsupportedModelError
 from lazyllm.errors import UnsupportedCallError as UnsupportedCallError
 from lazyllm.errors import UnsupportedGenerationError as UnsupportedGenerationError
-from lazyllm.families import BaseModel, check_attention_backend
+from lazyllm.families import check_attention_backend
+from lazyllm.state import LazyState, state_of
 
 LAST_TOKEN_ONLY = "lazyllm_last_token_only"  # keyword the causal LM's forward passes to the base model's
 # Transformers answers a right-padded row from its last slot, a pad (and warns that decoder-only models want left
@@ -31,6 +35,69 @@ LAST_TOKEN_ONLY = "lazyllm_last_token_only"  # keyword the causal LM's forward p
 # the unpatched forward, whose graph is Transformers' own.
 COMPILED = "torch.compile traces this call (pruning runs eagerly only)"
 RIGHT_PADDED = "right-padded rows (pad on the left to prune: tokenizer.padding_side = 'left')"
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """Prune the call: a prefill on `cache` (empty; None: a new one) of rows with `lengths` real tokens."""
+
+    cache: DynamicCache | None
+    lengths: list[int]
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Continue a pruned cache (decoding steps, a new turn) with its own `state`, and so its prefill's config."""
+
+    cache: DynamicCache
+    state: LazyState
+
+
+@dataclass(frozen=True)
+class Unpruned:
+    """Run the unpatched forward, for `reason` (`lengths`, `cache_length`: the call's rows, its cache's tokens;
+    not read for a traced call, `COMPILED`)."""
+
+    reason: str
+    lengths: list[int] = field(default_factory=list)
+    cache_length: int = 0
+
+
+Decision = Prefill | Continue | Unpruned
+
+
+def decide(
+    config: LazyConfig,
+    base: nn.Module,
+    cache: Cache | None,
+    attention_mask: torch.Tensor | None,
+    embedded: torch.Tensor,
+    last_token_only: bool,
+    kwargs: dict[str, Any],
+) -> Decision:
+    """What the patched forward does with one call of the base model (`config`: the model's; `embedded (B, q, ...)`:
+    its input ids or embeddings), decided before any work, in this order:
+
+    1. traced by torch.compile (not on a pruned cache): `Unpruned(COMPILED)`, before any data-dependent branch;
+    2. what pruning cannot serve (`unservable_reason`): under `config.strict`, or on a pruned cache, it raises;
+    3. a call on a pruned cache: `Continue` (`check_decode_call` raises for options it cannot serve);
+    4. otherwise `Unpruned` with the first reason of 2 or `fallback_reason`, or a pruned `Prefill`.
+    """
+    state = state_of(cache)  # None for any cache but a pruned one
+    if state is None and torch.compiler.is_compiling():
+        return Unpruned(COMPILED)
+    reason = unservable_reason(base, cache, attention_mask, strict=config.strict or state is not None)
+    if state is not None:
+        assert isinstance(cache, DynamicCache)  # it holds a state: a pruned cache, which check_cache let through
+        check_decode_call(kwargs)
+        return Continue(cache, state)
+    lengths = prompt_lengths(attention_mask, embedded)
+    cache_length = cache.get_seq_length() if cache is not None else 0
+    reason = reason or fallback_reason(config, base, lengths, cache_length, last_token_only, kwargs)
+    if reason is not None:
+        return Unpruned(reason, lengths, cache_length)
+    assert cache is None or isinstance(cache, DynamicCache)  # servable: check_cache let only a DynamicCache through
+    return Prefill(cache, lengths)
 
 
 def prompt_lengths(attention_mask: torch.Tensor | None, embedded: torch.Tensor) -> list[int]:
@@ -42,7 +109,7 @@ def prompt_lengths(attention_mask: torch.Tensor | None, embedded: torch.Tensor) 
 
 def fallback_reason(
     config: LazyConfig,
-    base: BaseModel,
+    base: nn.Module,
     lengths: list[int],
     cache_length: int,
     last_token_only: bool,

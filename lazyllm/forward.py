@@ -1,7 +1,8 @@
 """The pruned forward of a Llama-like base model (LazyLLM, arXiv 2407.14057, Sec. 3 and Fig. 4).
 
-`lazy_forward` replaces the base model's `forward`. A call that pruning can serve runs one `pruned_pass.LazyPass` over
-the decoder layers on a changing set of tokens (`Tokens`), whose methods are the paper's steps:
+`lazy_forward` replaces the base model's `forward` and routes each call on `calls.decide`: the unpatched forward (with
+the reason in the stats), a pruned prefill, or a call that continues a pruned cache. A pruned call runs one
+`pruned_pass.LazyPass` over the decoder layers on a changing set of tokens (`Tokens`), whose methods are the paper's steps:
 - prefill starts with every prompt token; a decoding step with its new token;
 - at each pruning layer the tokens are chosen anew (`LazyPass.cut`): `score` (the attention the last token paid each token in the
   layer before), `choose` (the top share of each row's prompt, plus the last token and every generated token), then
@@ -28,20 +29,12 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from lazyllm.cache import GrowingLayer, with_growing_layers
-from lazyllm.calls import (
-    COMPILED,
-    LAST_TOKEN_ONLY,
-    RIGHT_PADDED,
-    check_decode_call,
-    fallback_reason,
-    prompt_lengths,
-    unservable_reason,
-)
+from lazyllm.calls import COMPILED, LAST_TOKEN_ONLY, RIGHT_PADDED, Continue, Unpruned, decide
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.config import LazyConfig
 from lazyllm.families import BaseModel, FamilyAdapter
 from lazyllm.pruned_pass import LazyPass, Tokens
-from lazyllm.state import LazyState, Slots, state_of
+from lazyllm.state import LazyState, Slots
 from lazyllm.stats import LazyStats
 
 
@@ -79,31 +72,20 @@ def lazy_forward(
     last_token_only = bool(kwargs.pop(LAST_TOKEN_ONLY, False))
     embedded = inputs_embeds if inputs_embeds is not None else input_ids
     assert embedded is not None, "give input_ids or inputs_embeds"
-    state = state_of(cast(DynamicCache | None, cache))  # None for any cache but a pruned one
-    if state is None and torch.compiler.is_compiling():  # traced: the unpatched forward, no data-dependent branch
-        host.record(LazyStats(fallback_reason=COMPILED, schedule=host.config.describe()), None)
-        return unpruned(
-            original_forward, input_ids, attention_mask, position_ids, inputs_embeds, use_cache, cache, kwargs
-        )
-    reason = unservable_reason(base, cache, attention_mask, strict=host.config.strict or state is not None)
-    if state is not None and cache is not None:
-        check_decode_call(kwargs)
-        hidden = embed(typed_base, input_ids, inputs_embeds)
-        pruned = cast(DynamicCache, cache)  # it holds a state: a pruned cache
-        return decode_step(host, typed_base, state, pruned, hidden, attention_mask, position_ids)
-    lengths = prompt_lengths(attention_mask, embedded)
-    cache_length = cache.get_seq_length() if cache is not None else 0
-    reason = reason or fallback_reason(host.config, typed_base, lengths, cache_length, last_token_only, kwargs)
-    if reason is not None:
-        note_unpruned(host, typed_base, reason, lengths, cache_length)
+    decision = decide(host.config, base, cache, attention_mask, embedded, last_token_only, kwargs)
+    if isinstance(decision, Unpruned):
+        note_unpruned(host, typed_base, decision)
         return unpruned(
             original_forward, input_ids, attention_mask, position_ids, inputs_embeds, use_cache, cache, kwargs
         )
     hidden = embed(typed_base, input_ids, inputs_embeds)
-    dynamic = cast(DynamicCache | None, cache)  # servable: check_cache let only a dynamic cache (or none) through
-    cache, last_hidden = prefill(host, typed_base, hidden, attention_mask, position_ids, lengths, dynamic)
+    if isinstance(decision, Continue):
+        return decode_step(host, typed_base, decision.state, decision.cache, hidden, attention_mask, position_ids)
+    pruned, last_hidden = prefill(
+        host, typed_base, hidden, attention_mask, position_ids, decision.lengths, decision.cache
+    )
     return model_output(
-        last_hidden, cache if (use_cache if use_cache is not None else typed_base.config.use_cache) else None
+        last_hidden, pruned if (use_cache if use_cache is not None else typed_base.config.use_cache) else None
     )
 
 
@@ -130,11 +112,16 @@ def embed(base: BaseModel, input_ids: torch.Tensor | None, inputs_embeds: torch.
     return inputs_embeds if inputs_embeds is not None else cast(torch.Tensor, base.embed_tokens(input_ids))
 
 
-def note_unpruned(host: Host, base: BaseModel, reason: str, lengths: list[int], cache_length: int) -> None:
-    """An unpruned call: a prefill starts a fresh record, a decoding step is counted in the current one."""
+def note_unpruned(host: Host, base: BaseModel, decision: Unpruned) -> None:
+    """An unpruned call: a prefill starts a fresh record, a decoding step is counted in the current one (a traced
+    call's record says only why: its lengths are not read)."""
+    reason, lengths = decision.reason, decision.lengths
+    if reason == COMPILED:
+        host.record(LazyStats(fallback_reason=COMPILED, schedule=host.config.describe()), None)
+        return
     if reason == RIGHT_PADDED:
         host.warn_once(reason)
-    if cache_length > 0:
+    if decision.cache_length > 0:
         host.record_unpruned_step(len(lengths), len(base.layers))
         return
     stats = LazyStats(

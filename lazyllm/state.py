@@ -17,7 +17,7 @@ from lazyllm.selection import gather_rows, pack
 from lazyllm.stats import LazyStats
 
 if TYPE_CHECKING:
-    from transformers import DynamicCache
+    from transformers.cache_utils import Cache
 
 
 class Slots:
@@ -129,7 +129,7 @@ class LazyState:
         return (positions >= 0) & (positions < self.first_generated.to(positions.device)[:, None])
 
 
-def state_of(cache: DynamicCache | None) -> LazyState | None:
+def state_of(cache: Cache | None) -> LazyState | None:
     """The state of a pruned cache, None for any other cache (or none)."""
     layers = getattr(cache, "layers", None)
     return getattr(layers[0], "state", None) if layers else None

@@ -164,6 +164,32 @@ def test_hidden_states_request_falls_back_in_prefill():
     assert len(out.hidden_states) == 7 and "output_hidden_states" in lazyllm.stats(model).fallback_reason
 
 
+def test_one_function_decides_every_call_in_order():
+    """`calls.decide`: a pruned prefill, the continuation of a pruned cache (whatever the model's config now says),
+    or the unpatched forward with the first reason that applies; refusals raise from it, before any work."""
+    from lazyllm.calls import Continue, Prefill, Unpruned, decide
+
+    model = tiny_llama("gqa")
+    ids, mask, base = random_ids(200), torch.ones(1, 200, dtype=torch.long), model.model
+    prefill = decide(SCHEDULE, base, None, mask, ids, True, {})
+    assert isinstance(prefill, Prefill) and prefill.cache is None and prefill.lengths == [200]
+    short = decide(SCHEDULE, base, None, mask[:, :40], ids[:, :40], True, {})
+    assert isinstance(short, Unpruned) and "min_prompt_tokens=64" in short.reason and short.lengths == [40]
+    right_padded = torch.cat([mask[:, :-1], torch.zeros(1, 1, dtype=torch.long)], dim=1)
+    assert decide(SCHEDULE, base, None, right_padded, ids, False, {}).reason.startswith("right-padded")
+    with pytest.raises(lazyllm.UnsupportedCallError, match="right-padded"):
+        decide(STRICT, base, None, right_padded, ids, True, {})
+    lazyllm.patch(model, SCHEDULE)
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    other = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=10_000)
+    step = decide(other, base, cache, None, ids[:, :1], False, {})
+    assert isinstance(step, Continue) and step.cache is cache and step.state.config == SCHEDULE
+    with pytest.raises(lazyllm.UnsupportedCallError, match="output_attentions"):
+        decide(other, base, cache, None, ids[:, :1], True, {"output_attentions": True})
+
+
 def test_unsupported_models_and_backends_are_refused_at_patch_time():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100))
     with pytest.raises(lazyllm.UnsupportedModelError, match="LlamaForCausalLM"):
