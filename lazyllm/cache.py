@@ -9,6 +9,8 @@ matters. A pruning layer also holds `parked`, the Aux Cache of the tokens droppe
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
@@ -40,6 +42,11 @@ def check_cache(cache: Cache | None, model_config: PretrainedConfig) -> None:
             f"{' with offloading' if plain else ''}: drop cache_implementation / past_key_values "
             "(static, offloaded and quantized caches are not supported), or lazyllm.unpatch(model)."
         )
+
+
+def growing_layers(cache: DynamicCache) -> list[GrowingLayer]:
+    """The layers of a pruned cache (`with_growing_layers` made each a `GrowingLayer`)."""
+    return cast(list[GrowingLayer], cache.layers)
 
 
 def with_growing_layers(cache: DynamicCache, num_layers: int) -> DynamicCache:

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GenerationConfig, PretrainedConfig
+from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import Cache
 
 from lazyllm.cache import check_cache
@@ -25,7 +25,7 @@ from lazyllm.config import LazyConfig
 from lazyllm.errors import UnsupportedCacheError, UnsupportedModelError
 from lazyllm.errors import UnsupportedCallError as UnsupportedCallError
 from lazyllm.errors import UnsupportedGenerationError as UnsupportedGenerationError
-from lazyllm.families import check_attention_backend
+from lazyllm.families import BaseModel, check_attention_backend, model_config
 from lazyllm.state import LazyState, state_of
 
 LAST_TOKEN_ONLY = "lazyllm_last_token_only"  # keyword the causal LM's forward passes to the base model's
@@ -68,7 +68,7 @@ Decision = Prefill | Continue | Unpruned
 
 def decide(
     config: LazyConfig,
-    base: nn.Module,
+    base: BaseModel,
     cache: Cache | None,
     attention_mask: torch.Tensor | None,
     embedded: torch.Tensor,
@@ -109,7 +109,7 @@ def prompt_lengths(attention_mask: torch.Tensor | None, embedded: torch.Tensor) 
 
 def fallback_reason(
     config: LazyConfig,
-    base: nn.Module,
+    base: BaseModel,
     lengths: list[int],
     cache_length: int,
     last_token_only: bool,
@@ -144,7 +144,7 @@ def generate_problems(model: nn.Module, kwargs: dict[str, Any]) -> list[str]:
     """The options of a `generate()` call that pruning cannot serve (the call then runs unpruned)."""
     config: GenerationConfig = kwargs.get("generation_config") or cast(GenerationConfig, model.generation_config)
 
-    def option(name: str) -> Any:
+    def option(name: str) -> object:
         return kwargs.get(name, getattr(config, name, None))
 
     problems = []
@@ -165,8 +165,8 @@ def check_generate_options(model: nn.Module, kwargs: dict[str, Any], problems: l
             "lazyllm cannot prune this generate() call: " + "; ".join(problems) + ". Run it with "
             "lazyllm.unpatch(model), or without strict=True to run it unpruned."
         )
-    check_cache(kwargs.get("cache", kwargs.get("past_key_values")), cast(PretrainedConfig, model.config))
-    check_attention_backend(model)
+    check_cache(kwargs.get("cache", kwargs.get("past_key_values")), model_config(model))
+    check_attention_backend(model_config(model))
 
 
 _UNPRUNED: ContextVar[str | None] = ContextVar("lazyllm_unpruned", default=None)  # per thread
@@ -183,7 +183,7 @@ def running_unpruned(reason: str) -> Iterator[None]:
 
 
 def unservable_reason(
-    base: nn.Module, cache: Cache | None, attention_mask: torch.Tensor | None, *, strict: bool = False
+    base: BaseModel, cache: Cache | None, attention_mask: torch.Tensor | None, *, strict: bool = False
 ) -> str | None:
     """Why pruning cannot serve a call that the unpruned forward serves (a `generate()` option, a cache other than
     the dynamic one, an attention backend, a 4D mask, right padding), or None.
@@ -193,8 +193,8 @@ def unservable_reason(
     `running_unpruned` (a `generate()` option, which `strict=True` refused before the call) is still returned.
     """
     try:
-        check_attention_backend(base)
-        check_cache(cache, cast(PretrainedConfig, base.config))
+        check_attention_backend(base.config)
+        check_cache(cache, base.config)
     except (UnsupportedModelError, UnsupportedCacheError) as error:
         if strict:
             raise

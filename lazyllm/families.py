@@ -50,6 +50,14 @@ class Attention(Protocol):
     q_proj: nn.Module
 
 
+def model_config(model: nn.Module) -> PretrainedConfig:
+    """The Transformers config of `model` (`model.config`)."""
+    config = model.config
+    if not isinstance(config, PretrainedConfig):
+        raise UnsupportedModelError(f"lazyllm patches Transformers models, {type(model).__name__} has no model config.")
+    return config
+
+
 def base_model(model: nn.Module) -> BaseModel:
     """The base model of a supported causal LM (`model.model`)."""
     return cast(BaseModel, model.model)
@@ -164,14 +172,14 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
     """The adapter of `model`, or `UnsupportedModelError` naming what is supported and why this one is not."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    adapter = FAMILIES.get(model_type)  # type: ignore[arg-type]
+    adapter = FAMILIES.get(model_type) if isinstance(model_type, str) else None
     if adapter is None or not isinstance(model, adapter.causal_lm_class):
         supported = ", ".join(a.causal_lm_class.__name__ for a in FAMILIES.values())
         raise UnsupportedModelError(
             f"lazyllm cannot patch {type(model).__name__} (model_type={model_type!r}): supported models are {supported}. "
             "Load the checkpoint with AutoModelForCausalLM."
         )
-    check_attention_backend(model)
+    check_attention_backend(model_config(model))
     if adapter.rope_by_layer_type and not rope_takes_layer_type(base_model(model).rotary_emb):
         raise UnsupportedModelError(
             f"lazyllm supports {adapter.name} from Transformers 5 on (one RoPE module taking the layer type); "
@@ -181,7 +189,7 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
         raise UnsupportedModelError(
             "lazyllm prunes causal language models; this config uses bidirectional attention (an embedding model)."
         )
-    attention_windows(cast(PretrainedConfig, config))  # the family's causal LM: it has a config
+    attention_windows(model_config(model))
     return adapter
 
 
@@ -190,9 +198,9 @@ def rope_takes_layer_type(rotary_emb: nn.Module) -> bool:
     return "layer_type" in inspect.signature(rotary_emb.forward).parameters
 
 
-def check_attention_backend(model: nn.Module) -> None:
-    """Raise unless the model runs an attention backend whose masks lazyllm builds (SDPA or eager)."""
-    backend = cast(PretrainedConfig, model.config)._attn_implementation
+def check_attention_backend(config: PretrainedConfig) -> None:
+    """Raise unless the model (of `config`) runs an attention backend whose masks lazyllm builds (SDPA or eager)."""
+    backend = config._attn_implementation
     if backend not in SUPPORTED_ATTENTION:
         raise UnsupportedModelError(
             f"lazyllm supports attn_implementation {' or '.join(map(repr, SUPPORTED_ATTENTION))}, this model uses "

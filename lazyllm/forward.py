@@ -20,15 +20,14 @@ layer holds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import torch
-from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from lazyllm.cache import GrowingLayer, with_growing_layers
+from lazyllm.cache import growing_layers, with_growing_layers
 from lazyllm.calls import COMPILED, LAST_TOKEN_ONLY, RIGHT_PADDED, Continue, Unpruned, decide
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.config import LazyConfig
@@ -54,7 +53,7 @@ class Host(Protocol):
 
 def lazy_forward(
     host: Host,
-    base: nn.Module,
+    base: BaseModel,
     original_forward: Callable[..., Any],
     input_ids: torch.LongTensor | None = None,
     attention_mask: torch.Tensor | None = None,
@@ -68,24 +67,21 @@ def lazy_forward(
     The KV cache comes as `cache` (Transformers >= 5.24) or `past_key_values` (earlier releases).
     """
     cache = cache_argument(kwargs)
-    typed_base = cast(BaseModel, base)  # the same module, typed by what the pruned forward uses
     last_token_only = bool(kwargs.pop(LAST_TOKEN_ONLY, False))
     embedded = inputs_embeds if inputs_embeds is not None else input_ids
     assert embedded is not None, "give input_ids or inputs_embeds"
     decision = decide(host.config, base, cache, attention_mask, embedded, last_token_only, kwargs)
     if isinstance(decision, Unpruned):
-        note_unpruned(host, typed_base, decision)
+        note_unpruned(host, base, decision)
         return unpruned(
             original_forward, input_ids, attention_mask, position_ids, inputs_embeds, use_cache, cache, kwargs
         )
-    hidden = embed(typed_base, input_ids, inputs_embeds)
+    hidden = embed(base, input_ids, inputs_embeds)
     if isinstance(decision, Continue):
-        return decode_step(host, typed_base, decision.state, decision.cache, hidden, attention_mask, position_ids)
-    pruned, last_hidden = prefill(
-        host, typed_base, hidden, attention_mask, position_ids, decision.lengths, decision.cache
-    )
+        return decode_step(host, base, decision.state, decision.cache, hidden, attention_mask, position_ids)
+    pruned, last_hidden = prefill(host, base, hidden, attention_mask, position_ids, decision.lengths, decision.cache)
     return model_output(
-        last_hidden, pruned if (use_cache if use_cache is not None else typed_base.config.use_cache) else None
+        last_hidden, pruned if (use_cache if use_cache is not None else base.config.use_cache) else None
     )
 
 
@@ -101,15 +97,18 @@ def unpruned(
 ) -> BaseModelOutputWithPast:
     """The unpatched base model's forward on the call's arguments (the cache under the release's own name)."""
     call = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    output = original_forward(
+    output: BaseModelOutputWithPast = original_forward(
         **call, inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: cache}, **kwargs
     )
-    return cast(BaseModelOutputWithPast, output)
+    return output
 
 
 def embed(base: BaseModel, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
     """`(B, q, D)` the input tokens' embeddings."""
-    return inputs_embeds if inputs_embeds is not None else cast(torch.Tensor, base.embed_tokens(input_ids))
+    if inputs_embeds is not None:
+        return inputs_embeds
+    embedded: torch.Tensor = base.embed_tokens(input_ids)
+    return embedded
 
 
 def note_unpruned(host: Host, base: BaseModel, decision: Unpruned) -> None:
@@ -157,7 +156,7 @@ def prefill(
     stats = LazyStats(pruned=True, schedule=config.describe(), num_layers=num_layers, prompt_tokens=lengths)
     state = LazyState(config, keep_counts, positions.max(dim=1).values + 1, stats)
     state.padded = not bool(real.all())
-    layers: list[GrowingLayer] = cache.layers  # type: ignore[assignment]
+    layers = growing_layers(cache)
     layers[0].state = state
     for cut in config.prune_layers:
         layers[cut].parked = Slots()

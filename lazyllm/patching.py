@@ -23,19 +23,20 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PretrainedConfig
+from transformers import DynamicCache
 
-from lazyllm.cache import GrowingLayer, recomputed_token_layers
+from lazyllm.cache import growing_layers, recomputed_token_layers
 from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options, generate_problems, running_unpruned
 from lazyllm.compat import renamed_generate_kwargs
 from lazyllm.config import PRESETS, ConfigError, LazyConfig
-from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, base_model
+from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, base_model, model_config
 from lazyllm.forward import lazy_forward
 from lazyllm.pruned_pass import query_hook
 from lazyllm.state import Slots
 from lazyllm.stats import LazyStats
 
 _MISSING = object()
+_ATTRIBUTE = "_lazyllm"  # the model instance's attribute that holds its LazyRuntime (`runtime_of`)
 
 
 class LazyRuntime:
@@ -57,8 +58,8 @@ class LazyRuntime:
 
     # -- install / uninstall -------------------------------------------------------------------------------
     def install(self, model: nn.Module) -> None:
-        base = cast(nn.Module, model.model)
-        self.windows = attention_windows(cast(PretrainedConfig, model.config))
+        base = base_model(model)
+        self.windows = attention_windows(model_config(model))
         original_base = self._forward_of(base)
         self._replace(base, _forward_attribute(base), functools.partial(lazy_forward, self, base, original_base))
         self._replace(model, "generate", self._generate(model, cast(Callable[..., Any], model.generate)))
@@ -96,8 +97,9 @@ class LazyRuntime:
         setattr(owner, attribute, value)
 
     @staticmethod
-    def _forward_of(module: nn.Module) -> Callable[..., Any]:
-        return getattr(module, _forward_attribute(module))  # type: ignore[no-any-return]
+    def _forward_of(module: object) -> Callable[..., Any]:
+        forward: Callable[..., Any] = getattr(module, _forward_attribute(module))
+        return forward
 
     def _generate(self, model: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
@@ -132,7 +134,7 @@ class LazyRuntime:
         its own figures), or an unpruned prefill (None). `lazyllm.stats(model)` returns them, and `generate()`'s
         self-check reads that cache's positions."""
         self.stats = stats
-        self._tables = [cast(GrowingLayer, layer).positions for layer in cache.layers] if cache is not None else []
+        self._tables = [layer.positions for layer in growing_layers(cache)] if cache is not None else []
 
     def record_unpruned_step(self, rows: int, layers: int) -> None:
         """A decoding step of the unpruned forward, counted in the record of its unpruned prefill."""
@@ -146,12 +148,14 @@ class LazyRuntime:
         self._tables = []
 
 
-def last_token_only_hook(model: nn.Module) -> Callable[..., tuple[Any, dict[str, Any]] | None]:
+def last_token_only_hook(model: nn.Module) -> Callable[..., tuple[tuple[object, ...], dict[str, Any]] | None]:
     """A forward pre-hook of the causal LM that tells the base model's forward (keyword `LAST_TOKEN_ONLY`) whether
     the caller needs the last position's logits only: no `labels`, `logits_to_keep == 1` (what `generate()` asks)."""
     signature = inspect.signature(model.forward)
 
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    def hook(
+        module: nn.Module, args: tuple[object, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[object, ...], dict[str, Any]] | None:
         if torch.compiler.is_compiling():  # a traced call runs unpruned (`calls.COMPILED`)
             return None
         arguments = signature.bind_partial(*args, **kwargs).arguments
@@ -162,7 +166,7 @@ def last_token_only_hook(model: nn.Module) -> Callable[..., tuple[Any, dict[str,
     return hook
 
 
-def _forward_attribute(module: nn.Module) -> str:
+def _forward_attribute(module: object) -> str:
     """The attribute to replace: accelerate's hooks call `_old_forward` from their own `forward` wrapper."""
     return "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") else "forward"
 
@@ -185,7 +189,7 @@ def patch(model: nn.Module, config: LazyConfig | str | None = None) -> nn.Module
         UnsupportedModelError: the model's family or attention backend is not supported.
     """
     adapter = adapter_for(model)
-    num_layers: int = cast(PretrainedConfig, model.config).num_hidden_layers
+    num_layers: int = model_config(model).num_hidden_layers
     if config is None:
         config = "default"
     if isinstance(config, str):
@@ -195,33 +199,41 @@ def patch(model: nn.Module, config: LazyConfig | str | None = None) -> nn.Module
             f"config must be a lazyllm.LazyConfig or a preset's name ({', '.join(PRESETS)}), got {type(config).__name__}."
         )
     config.check_depth(num_layers)
-    runtime: LazyRuntime | None = getattr(model, "_lazyllm", None)
+    runtime = runtime_of(model)
     if runtime is not None:
         runtime.reconfigure(config)
         return model
     runtime = LazyRuntime(adapter, config)
     runtime.install(model)
-    model._lazyllm = runtime  # type: ignore[assignment]  # nn.Module types its attributes as tensors/modules
+    setattr(model, _ATTRIBUTE, runtime)
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Restore the model's original behaviour exactly (a model that is not patched is returned unchanged)."""
-    runtime: LazyRuntime | None = model.__dict__.pop("_lazyllm", None)
+    runtime = runtime_of(model)
     if runtime is not None:
+        delattr(model, _ATTRIBUTE)
         runtime.uninstall()
     return model
 
 
+def runtime_of(model: nn.Module) -> LazyRuntime | None:
+    """What a patched model carries (its schedule, hooks and last stats), None for a model that is not patched."""
+    runtime = model.__dict__.get(_ATTRIBUTE)
+    return runtime if isinstance(runtime, LazyRuntime) else None
+
+
 def is_patched(model: nn.Module) -> bool:
-    return getattr(model, "_lazyllm", None) is not None
+    return runtime_of(model) is not None
 
 
 @contextmanager
 def patched(model: nn.Module, config: LazyConfig | str | None = None) -> Iterator[nn.Module]:
     """Patch `model` with `config` (as `patch` takes it: a `LazyConfig`, a preset's name or None) for the `with`
     block; afterwards it is as before (unpatched, or patched with its old schedule)."""
-    previous = cast(LazyRuntime, model._lazyllm).config if is_patched(model) else None
+    runtime = runtime_of(model)
+    previous = runtime.config if runtime is not None else None
     patch(model, config)
     try:
         yield model
@@ -234,6 +246,7 @@ def patched(model: nn.Module, config: LazyConfig | str | None = None) -> Iterato
 
 def stats(model: nn.Module) -> LazyStats:
     """Figures of the model's last `generate()` (or last prefill and the decoding steps after it)."""
-    if not is_patched(model):
+    runtime = runtime_of(model)
+    if runtime is None:
         raise ValueError("this model is not patched: call lazyllm.patch(model) first.")
-    return cast(LazyRuntime, model._lazyllm).stats
+    return runtime.stats

@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
-from lazyllm.cache import GrowingLayer
+from lazyllm.cache import GrowingLayer, growing_layers
 from lazyllm.compat import CACHE_KWARG
 from lazyllm.families import BaseModel, FamilyAdapter, decoder_layer_attention
 from lazyllm.masks import attention_mask_for, window_start
@@ -48,13 +48,13 @@ class Tokens:
 _CURRENT: ContextVar[LazyPass | None] = ContextVar("lazyllm_pass", default=None)  # the pass running in this thread
 
 
-def query_hook(adapter: FamilyAdapter, layer: int) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+def query_hook(adapter: FamilyAdapter, layer: int) -> Callable[[nn.Module, tuple[object, ...], torch.Tensor], None]:
     """A forward hook on the query module of decoder layer `layer`. Where the pass running in this thread scores a
     cut with that layer (`LazyPass.scored_layers`, from the pass's own config), it keeps the last `score_window`
     tokens' queries (before RoPE) for that pass; otherwise it does nothing (a context-variable read and a set
     lookup)."""
 
-    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, args: tuple[object, ...], output: torch.Tensor) -> None:
         if torch.compiler.is_compiling():  # a traced call never prunes (`calls.COMPILED`)
             return
         current = _CURRENT.get()
@@ -151,7 +151,8 @@ class LazyPass:
             _CURRENT.reset(context)
         with span("bookkeeping"):
             self.record_stats(computed, revived, new_count)
-        return cast(torch.Tensor, self.base.norm(tokens.hidden[:, -returned:]))
+        normed: torch.Tensor = self.base.norm(tokens.hidden[:, -returned:])
+        return normed
 
     def compute(self, index: int, layer: nn.Module, tokens: Tokens, mask: tuple[int, torch.Tensor | None]) -> Tokens:
         """Decoder layer `index` on `tokens` with `mask` (the first entry it attends, and the mask from there);
@@ -201,7 +202,9 @@ class LazyPass:
         cos, sin = (part[:, -window:] for part in self.embeddings.of(previous))  # (B, w, d)
         captured = self.queries[previous][:, -window:].to(device)
         queries = self.adapter.queries(captured, self.layers[previous], cos, sin)  # (B, H, w, d)
-        keys = cast(torch.Tensor, self.cache_layer(previous).keys).to(device)  # the layer before ran: it holds keys
+        keys = self.cache_layer(previous).keys
+        assert keys is not None  # the layer before ran: it holds keys
+        keys = keys.to(device)
         scaling = decoder_layer_attention(self.layers[previous]).scaling
         scores = attention_scores(
             queries, tokens.positions[:, -window:], keys, entries, self.attended(entries), scaling
@@ -268,7 +271,7 @@ class LazyPass:
     # -- where things are --------------------------------------------------------------------------------------
     def cache_layer(self, layer: int) -> GrowingLayer:
         """Cache layer `layer` (a pruned cache's layers are `GrowingLayer`s)."""
-        return cast(GrowingLayer, self.cache.layers[layer])
+        return growing_layers(self.cache)[layer]
 
     def table(self, layer: int) -> Slots:
         """The positions of the KV entries `layer` holds, in cache order."""
@@ -276,7 +279,9 @@ class LazyPass:
 
     def parked(self, cut: int) -> Slots:
         """The Aux Cache of cut `cut` (set at every pruning layer by the prefill)."""
-        return cast(Slots, self.cache_layer(self.config.prune_layers[cut]).parked)
+        parked = self.cache_layer(self.config.prune_layers[cut]).parked
+        assert parked is not None
+        return parked
 
     def entries(self, layer: int) -> torch.Tensor:
         """`(B, T)` positions of the KV entries that `layer` holds (T = 0 before the layer first ran)."""

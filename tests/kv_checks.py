@@ -19,6 +19,7 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 import lazyllm
+from lazyllm.patching import runtime_of
 from lazyllm.state import Slots, state_of
 from lazyllm.stats import LazyStats
 
@@ -48,7 +49,7 @@ def held(cache: Cache) -> Held | None:
 def recording(model: nn.Module) -> Iterator[list[tuple[Cache, Held]]]:
     """Collect the (cache, what it holds) of every pruned cache that a call inside the block ran on (a prefill's, or
     a copy's); they stay alive while listed."""
-    runtime = model._lazyllm
+    runtime = runtime_of(model)
     seen: list[tuple[Cache, Held]] = []
     record = runtime.record
 
@@ -72,7 +73,7 @@ def real(positions: torch.Tensor) -> set[int]:
 def check_kv(model: nn.Module, cache: Cache, state: Held) -> list[int]:
     """Assert that `cache` holds what `state` says, with no token lost or computed twice; return the real
     (non-empty) entries of each layer, summed over rows."""
-    config = model._lazyllm.config
+    config = state.state.config  # the cache's own schedule
     cuts = {layer: cut for cut, layer in enumerate(config.prune_layers)}
     counts = []
     for layer, positions in enumerate(state.positions):

@@ -16,6 +16,7 @@ from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 import lazyllm
 import lazyllm.pruned_pass
+from lazyllm.patching import runtime_of
 
 SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=64)
 STRICT = dataclasses.replace(SCHEDULE, strict=True)  # raise where pruning cannot serve a call
@@ -58,7 +59,7 @@ def test_patching_twice_is_idempotent_and_changes_only_the_schedule():
     layers = len(model.model.layers)  # one query hook per decoder layer, whatever the schedule
     assert torch.equal(once, twice) and hook_count(model) == layers
     lazyllm.patch(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=0))
-    assert hook_count(model) == layers and model._lazyllm.config.prune_layers == (3,)
+    assert hook_count(model) == layers and runtime_of(model).config.prune_layers == (3,)
     lazyllm.unpatch(model)
     assert hook_count(model) == 0 and "forward" not in model.__dict__
 
@@ -70,13 +71,13 @@ def test_patched_context_manager_restores_the_previous_state():
     assert not lazyllm.is_patched(model)
     lazyllm.patch(model, SCHEDULE)
     with lazyllm.patched(model, lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.4,))):
-        assert model._lazyllm.config.prune_layers == (3,)
-    assert model._lazyllm.config == SCHEDULE
+        assert runtime_of(model).config.prune_layers == (3,)
+    assert runtime_of(model).config == SCHEDULE
 
 
 def test_default_config_is_the_default_preset():
     model = lazyllm.patch(tiny_llama("xgen"))
-    assert model._lazyllm.config == lazyllm.LazyConfig.preset("default", 32)
+    assert runtime_of(model).config == lazyllm.LazyConfig.preset("default", 32)
 
 
 @pytest.mark.parametrize("name", ["default", "balanced", "aggressive", "off"])
@@ -84,10 +85,10 @@ def test_patch_and_patched_take_a_preset_name_placed_on_the_model_depth(name):
     model = tiny_llama("xgen")  # 32 layers
     expected = lazyllm.LazyConfig.preset(name, 32)
     with lazyllm.patched(model, name):
-        assert model._lazyllm.config == expected
+        assert runtime_of(model).config == expected
     assert not lazyllm.is_patched(model)
     lazyllm.patch(model, name)
-    assert model._lazyllm.config == expected
+    assert runtime_of(model).config == expected
     lazyllm.unpatch(model)
 
 
@@ -105,14 +106,14 @@ def test_consecutive_generates_do_not_leak_state():
     model = lazyllm.patch(tiny_llama("gqa"), SCHEDULE)
     first_ids, second_ids = random_ids(300, seed=1), random_ids(180, seed=2)
     caches = []  # every cache a call ran on, once
-    record = model._lazyllm.record
+    record = runtime_of(model).record
 
     def spy(stats, cache):
         if all(known() is not cache for known in caches):
             caches.append(weakref.ref(cache))
         record(stats, cache)
 
-    model._lazyllm.record = spy
+    runtime_of(model).record = spy
     with torch.inference_mode():
         first = model.generate(first_ids, max_new_tokens=20, do_sample=False)
         first_stats = pruned_stats(model)
