@@ -54,7 +54,7 @@ def with_growing_layers(cache: DynamicCache, num_layers: int) -> DynamicCache:
 
     A sliding-window layer keeps only its last `window - 1` entries in append order, but a pruned layer appends
     revived tokens after newer ones and LazyLLM resumes them there later, so a sliding layer keeps every entry it
-    computed, like a full layer; the window is applied in the masks, by position (see `forward.attention_mask_for`).
+    computed, like a full layer; the window is applied in the masks, by position (see `masks.attention_mask_for`).
     This costs memory next to the unpatched model: a sliding layer holds its kept tokens instead of one window.
     """
     cache.layers = [GrowingLayer() for _ in range(max(len(cache.layers), num_layers))]

@@ -9,8 +9,8 @@ The unpruned model's greedy answers to the prompts are the reference. Candidates
 the prompt kept from a depth on, the default's shape) or two (a smaller share from halfway to the last layer) with
 the library's token score (or the one of `scoring`), ordered by prefill token fraction. A candidate passes when the
 95% Wilson lower bound of its agreement reaches `min_agreement`: many candidates are tried and the cheapest pass is
-kept, so a point estimate would keep the one that was lucky on these prompts (16 prompts with one miss allowed chose
-a schedule that kept 0.71 of the answers on prompts it had not seen). A coarse ladder is searched by bisection (the
+kept, so a point estimate would keep the one that was lucky on these prompts (docs/DECISIONS.md, section 6). A coarse
+ladder is searched by bisection (the
 cheaper a schedule, the fewer answers it keeps), then the cheaper neighbours of the best one; a candidate answers first
 the prompts earlier candidates missed, and stops on the prompt where it can no longer reach the target. The
 finalist's TTFT is measured against the unpruned model, side by side.

@@ -31,11 +31,8 @@ PRESET_SCORES: dict[str, dict[str, int]] = {
     "aggressive": {"score_window": 32, "score_pool": 7},
 }
 
-# Below this many prompt tokens a row is not pruned. Measured (README, "Short prompts"): on CPU pruning gains from
-# 64 tokens up (SmolLM2, "balanced": 1.30x at 512), but on an H100 the gain at 2k tokens was only 1.07x (Llama-2-7B
-# shape) to 1.45x (Llama-3-8B shape), with kernel launches and re-selection a fixed cost that shorter prompts do not
-# repay (a 135M model gained nothing below 16k). GPUs are where users run: 2048, the shortest length where pruning
-# paid off on every platform measured. Lower it for CPU inference.
+# Below this many prompt tokens a row is not pruned: the shortest length at which pruning paid off on every platform
+# measured (docs/DECISIONS.md, section 4). On CPU pruning pays from far shorter prompts: lower it there.
 DEFAULT_MIN_PROMPT_TOKENS = 2048
 
 
@@ -47,9 +44,9 @@ def _is_int_at_least(value: object, minimum: int) -> bool:
 # The fields that say how tokens are scored at a cut (as opposed to where the cuts are and how much they keep).
 SCORING_FIELDS = ("score_window", "score_pool")
 
-# Fields of saved configs from lazyllm 0.1 that are gone: the old default, which behaved as today's library does and
-# still loads (None: any value does; `seed` only mattered with selection="random"), and what replaced the option
-# (docs/DECISIONS.md, "Options retired in the 0.2 redesign"). A file that sets another value is refused, naming both.
+# Fields that a saved config may hold but LazyConfig no longer has: the value that loads as today's behaviour (None:
+# any value does) and what replaced the option (docs/DECISIONS.md, section 8). A file that sets another value is
+# refused, naming both.
 RETIRED_FIELDS: dict[str, tuple[object, str]] = {
     "revival": (
         "paper",

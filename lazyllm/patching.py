@@ -1,14 +1,18 @@
 """`patch` / `unpatch`: install LazyLLM on a loaded model and take it off again, symmetrically.
 
-`patch(model)` changes two attributes of the model instance (never its class, never its weights) and adds hooks:
-- the base model's `forward` (e.g. `model.model.forward`) becomes `lazyllm.forward.lazy_forward`;
-- `generate` runs unpruned (with a warning) or refuses under `strict`, before any work, the options a pruned cache
-  cannot serve, and closes the stats;
+`patch(model)` sets three attributes of the model's instances (never a class, never a weight) and adds hooks:
+- the base model's `forward` (e.g. `model.model.forward`; `_old_forward` under accelerate's hooks) becomes
+  `lazyllm.forward.lazy_forward`, which routes each call on `lazyllm.calls.decide`;
+- the model's `generate` runs unpruned (with a warning), or refuses under `strict` before any work, the options a
+  pruned cache cannot serve, and closes the stats;
+- the model's `_lazyllm` holds its `LazyRuntime` (read through `runtime_of`): the schedule of the next prefills, the
+  last stats;
 - a forward pre-hook on the causal LM tells the base model's forward whether the caller needs the last position's
   logits only (otherwise pruning steps aside);
 - a forward hook on the query module of every decoder layer keeps, for a pruned pass that scores a cut with that
   layer, the last `score_window` tokens' queries: the pass's own config says which layers and how many tokens, so
   a cache decodes with the config its prefill ran with, whatever the model was patched with since.
+Patching a patched model changes only the schedule of the next prefills.
 `unpatch(model)` restores each attribute as it was and removes the hooks.
 """
 

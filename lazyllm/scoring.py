@@ -57,9 +57,3 @@ def pool_neighbours(table: torch.Tensor, kernel: int) -> torch.Tensor:
     if kernel == 1:
         return table
     return F.max_pool1d(table[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
-
-
-def random_scores(allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Uniform random scores `(B, T)`: the paper's random token-drop baseline at the same budget."""
-    scores = torch.rand(allowed.shape, generator=generator, device=generator.device)
-    return scores.to(allowed.device).masked_fill(~allowed, 0.0)
