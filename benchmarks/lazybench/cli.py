@@ -5,6 +5,7 @@
     python -m lazybench --profile smoke --no-kvpress      # < 60 s, tiny random model (the test suite runs it)
     python -m lazybench report RESULTS.jsonl... [--out DIR]   # the markdown report and plots from records alone
     python -m lazybench frontier ... / python -m lazybench choose RESULTS.jsonl   # the token scores' fidelity frontier
+    python -m lazybench ladder RECORDS.jsonl... [--out DIR]   # the size ladder (DECISIONS 13) over several models
     python -m lazybench decode ...                        # whole generations step by step; the other tools:
     python -m lazybench prefill_decode|gemma3_ttft|ttft_shapes|schedule_sweep|calibration_prompts|dropin --help
 
@@ -30,6 +31,7 @@ SUBCOMMANDS = (
     "report",
     "frontier",
     "choose",
+    "ladder",
     "decode",
     "conversation",
     "prefill_decode",
