@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from conftest import tiny_llama
+from tiny import write_gguf_layer
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -150,7 +150,6 @@ def test_load_model_from_local_directory(tmp_path: Path) -> None:
 
 def _write_tiny_llama_gguf(path: Path) -> None:
     """A one-layer float32 Llama GGUF with a 12-token byte-level BPE vocabulary."""
-    rng = np.random.default_rng(0)
     tokens = ["<unk>", "<s>", "</s>", *"abcdefgh", "ab"]
     hidden, ffn, heads, kv_heads = 16, 32, 2, 1
     kv_width = kv_heads * hidden // heads
@@ -171,26 +170,7 @@ def _write_tiny_llama_gguf(path: Path) -> None:
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
-    shapes = {
-        "token_embd.weight": (len(tokens), hidden),
-        "output_norm.weight": (hidden,),
-        "output.weight": (len(tokens), hidden),
-        "blk.0.attn_norm.weight": (hidden,),
-        "blk.0.ffn_norm.weight": (hidden,),
-        "blk.0.attn_q.weight": (hidden, hidden),
-        "blk.0.attn_k.weight": (kv_width, hidden),
-        "blk.0.attn_v.weight": (kv_width, hidden),
-        "blk.0.attn_output.weight": (hidden, hidden),
-        "blk.0.ffn_gate.weight": (ffn, hidden),
-        "blk.0.ffn_up.weight": (ffn, hidden),
-        "blk.0.ffn_down.weight": (hidden, ffn),
-    }
-    for name, shape in shapes.items():
-        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_gguf_layer(writer, len(tokens), hidden, ffn, kv_width, bias=False, output=True)
 
 
 def test_load_model_from_gguf_is_cached(

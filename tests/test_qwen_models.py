@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from conftest import missing
+from tiny import write_gguf_layer
 from transformers import Qwen2ForCausalLM
 
 import lazyllm
@@ -31,7 +31,6 @@ FAKE_INSTALL = "pip install --no-deps lazyllm-fake-part1==1.0 lazyllm-fake-part2
 
 def _write_tiny_qwen2_gguf(path: Path) -> None:
     """A one-layer float32 Qwen2 GGUF (q/k/v biases, tied head) with a 13-token byte-level BPE vocabulary."""
-    rng = np.random.default_rng(0)
     tokens = ["<unk>", "<|endoftext|>", "<|im_end|>", *"abcdefgh", "ab", "cd"]
     hidden, ffn, heads, kv_heads = 16, 32, 2, 1
     kv_width = kv_heads * hidden // heads
@@ -53,28 +52,7 @@ def _write_tiny_qwen2_gguf(path: Path) -> None:
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(1)
     writer.add_unk_token_id(0)
-    shapes = {
-        "token_embd.weight": (len(tokens), hidden),
-        "output_norm.weight": (hidden,),
-        "blk.0.attn_norm.weight": (hidden,),
-        "blk.0.ffn_norm.weight": (hidden,),
-        "blk.0.attn_q.weight": (hidden, hidden),
-        "blk.0.attn_q.bias": (hidden,),
-        "blk.0.attn_k.weight": (kv_width, hidden),
-        "blk.0.attn_k.bias": (kv_width,),
-        "blk.0.attn_v.weight": (kv_width, hidden),
-        "blk.0.attn_v.bias": (kv_width,),
-        "blk.0.attn_output.weight": (hidden, hidden),
-        "blk.0.ffn_gate.weight": (ffn, hidden),
-        "blk.0.ffn_up.weight": (ffn, hidden),
-        "blk.0.ffn_down.weight": (hidden, ffn),
-    }
-    for name, shape in shapes.items():
-        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_gguf_layer(writer, len(tokens), hidden, ffn, kv_width, bias=True, output=False)
 
 
 @pytest.fixture

@@ -35,3 +35,30 @@ def tiny_llama(shape: str = "gqa", attn: str = "sdpa", seed: int = 0, **override
 def random_ids(length: int, batch: int = 1, seed: int = 1, vocab: int = 256) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, length), generator=generator)
+
+
+def write_gguf_layer(writer, vocab: int, hidden: int, ffn: int, kv_width: int, *, bias: bool, output: bool) -> None:
+    """Write one decoder block's random float32 tensors (seed 0), with the embeddings, final norm and (`output`) an
+    untied head; `bias`: q/k/v biases (Qwen2). Then write the file and close `writer` (a `gguf.GGUFWriter` whose
+    metadata is set)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
+    shapes |= {"output.weight": (vocab, hidden)} if output else {}
+    shapes |= {"blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,)}
+    for name, rows in (("q", hidden), ("k", kv_width), ("v", kv_width)):
+        shapes[f"blk.0.attn_{name}.weight"] = (rows, hidden)
+        shapes |= {f"blk.0.attn_{name}.bias": (rows,)} if bias else {}
+    shapes |= {
+        "blk.0.attn_output.weight": (hidden, hidden),
+        "blk.0.ffn_gate.weight": (ffn, hidden),
+        "blk.0.ffn_up.weight": (ffn, hidden),
+        "blk.0.ffn_down.weight": (hidden, ffn),
+    }
+    for name, shape in shapes.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
