@@ -1,8 +1,8 @@
-"""Whole-answer fidelity helpers: agreement, token F1 and the intervals every reported cell carries."""
+"""`lazyllm.fidelity`: whole-answer agreement and the Wilson interval `lazyllm.calibrate` judges by."""
 
 import pytest
 
-from lazyllm.fidelity import answers_agree, bootstrap_interval, prompts_needed, token_f1, wilson_interval
+from lazyllm.fidelity import answers_agree, prompts_needed, wilson_interval
 
 
 def test_answers_agree_on_whole_answers_only():
@@ -10,13 +10,6 @@ def test_answers_agree_on_whole_answers_only():
     assert answers_agree("The  answer is\tParis", "The answer is Paris")
     assert not answers_agree(" 1234567", " 1234568"), "one wrong digit late in the answer is a different answer"
     assert not answers_agree("Paris", "Paris, France")
-
-
-def test_token_f1():
-    assert token_f1("Paris", "paris") == 1.0
-    assert token_f1("1, 2, 3", "3 2 1 4") == pytest.approx(2 * 1.0 * 0.75 / 1.75)
-    assert token_f1("London", "Paris") == 0.0
-    assert token_f1("", "") == 1.0 and token_f1("", "Paris") == 0.0
 
 
 def test_wilson_interval_matches_known_values():
@@ -32,9 +25,3 @@ def test_prompts_needed_is_the_smallest_n_whose_bound_reaches_the_target():
     with pytest.raises(ValueError, match="min_agreement"):
         prompts_needed(1.0)
 
-
-def test_bootstrap_interval_brackets_the_mean():
-    values = [0.0, 1.0] * 20
-    low, high = bootstrap_interval(values)
-    assert low < 0.5 < high and 0.25 < low and high < 0.75
-    assert bootstrap_interval([0.3]) == (0.3, 0.3)

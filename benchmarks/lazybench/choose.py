@@ -23,7 +23,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lazyllm.fidelity import bootstrap_interval, wilson_interval
+from lazybench.fidelity import bootstrap_interval
+from lazyllm.fidelity import wilson_interval
 
 MIN_AGREEMENT = 0.90
 MAX_ACCURACY_DROP = 0.02

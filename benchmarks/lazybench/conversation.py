@@ -43,6 +43,7 @@ from transformers import DynamicCache
 import lazyllm
 import lazyllm.models
 from lazybench.decode import POLICIES
+from lazybench.fidelity import token_f1
 from lazybench.frontier import Records
 from lazybench.machine import machine_info
 from lazybench.niah import niah_follow_up
@@ -52,7 +53,7 @@ from lazybench.tasks import Sample, build_samples, score
 from lazybench.timing import StepClock, ratio_summary, summarize, synchronize
 from lazyllm.compat import GENERATE_CACHE_KWARG
 from lazyllm.documents import sample_rng
-from lazyllm.fidelity import answers_agree, token_f1, wilson_interval
+from lazyllm.fidelity import answers_agree, wilson_interval
 from lazyllm.generation import encode, greedy, has_chat_template
 
 SEED = 6  # the conversation split's seed: no other record uses it

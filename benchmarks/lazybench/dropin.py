@@ -35,12 +35,13 @@ import torch
 
 import lazyllm
 import lazyllm.models
+from lazybench.fidelity import token_f1
 from lazybench.frontier import Records
 from lazybench.machine import machine_info
 from lazybench.prompts import fake_samples, tiny_model_and_tokenizer
 from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt
 from lazybench.timing import summarize, timed_generate
-from lazyllm.fidelity import answers_agree, token_f1, wilson_interval
+from lazyllm.fidelity import answers_agree, wilson_interval
 
 MODE = "beam_search"  # the records' `mode` (files also hold records of the retired right_padding mode)
 SEED = 7  # the split of these prompts (frontier uses 0, 1, 3, 4, 8; outputs 5; conversation 6)

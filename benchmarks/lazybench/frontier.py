@@ -27,10 +27,11 @@ import torch
 import lazyllm
 import lazyllm.models
 from lazybench.decode import POLICIES
+from lazybench.fidelity import token_f1
 from lazybench.machine import machine_info
 from lazybench.tasks import TASKS, Sample, build_samples, chat_prompt, score
 from lazybench.timing import StepClock
-from lazyllm.fidelity import answers_agree, token_f1
+from lazyllm.fidelity import answers_agree
 from lazyllm.generation import encode, greedy
 
 # Token scores compared on the frontier, by label (LazyConfig fields). "paper" is the paper's last-token score.
