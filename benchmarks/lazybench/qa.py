@@ -9,8 +9,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from lazybench.sample import Sample
-from lazyllm.documents import QA_TEMPLATE, QAData, Question, fit, qa_prompt, read_json, sample_rng, squad, unique
+from lazybench.sample import Sample, sample_rng
+from lazyllm.documents import QA_TEMPLATE, QAData, Question, fit, qa_prompt, read_json, squad, unique
 
 _QA_ANSWER_PREFIX = " Answer:"
 _MAX_DISTRACTOR_WORDS = 200  # longer QA paragraphs are not used as distractors

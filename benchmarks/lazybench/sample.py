@@ -1,7 +1,9 @@
-"""One benchmark prompt (`Sample`), the text fed to the model for it, and RULER's scoring of an answer."""
+"""One benchmark prompt (`Sample`), the RNG that draws it, the text fed to the model for it, and RULER's scoring of an
+answer."""
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,12 @@ class Sample:
     metric: str
     answer_prefix: str = ""
     evidence: tuple[str, ...] = ()
+
+
+def sample_rng(*parts: object) -> random.Random:
+    """A private RNG seeded from a string made of `parts` (stable across runs and platforms), e.g. `(task, seed,
+    index)`."""
+    return random.Random("|".join(str(p) for p in parts))
 
 
 def chat_prompt(tokenizer: Any, sample_or_text: Sample | str, *, answer_prefix: bool = False) -> str:

@@ -49,8 +49,8 @@ from typing import Any
 
 from lazybench.niah import niah_sample
 from lazybench.qa import qa_sample
-from lazybench.sample import Sample, chat_prompt, count_prompt_tokens, score
-from lazyllm.documents import long_document_question, sample_rng
+from lazybench.sample import Sample, chat_prompt, count_prompt_tokens, sample_rng, score
+from lazyllm.documents import long_document_question
 
 __all__ = [
     "TASKS",
