@@ -2,30 +2,34 @@
 
 The forward wraps its parts in `span("mask")`, `span("layers")`, ...; unless a benchmark installs a recorder with
 `recording(...)`, `span` returns one shared do-nothing context manager, so the ranges cost a function call each.
+The recorder is a context variable: `recording` times only the forward calls of its own thread (or asyncio task),
+never those another thread runs meanwhile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 
 Recorder = Callable[[str], AbstractContextManager[None]]
 
 _NOTHING = nullcontext()
-_recorder: Recorder | None = None
+_recorder: ContextVar[Recorder | None] = ContextVar("lazyllm_span_recorder", default=None)
 
 
 def span(name: str) -> AbstractContextManager[None]:
-    """The range `name` of the forward: timed by the installed recorder, nothing otherwise."""
-    return _NOTHING if _recorder is None else _recorder(name)
+    """The range `name` of the forward: timed by the recorder installed in this context, nothing otherwise."""
+    recorder = _recorder.get()
+    return _NOTHING if recorder is None else recorder(name)
 
 
 @contextmanager
 def recording(recorder: Recorder) -> Iterator[None]:
-    """Time the forward's ranges with `recorder` (called with a range's name, returns its context manager)."""
-    global _recorder
-    previous, _recorder = _recorder, recorder
+    """Time the forward's ranges with `recorder` (called with a range's name, returns its context manager), in the
+    current thread or task only."""
+    token = _recorder.set(recorder)
     try:
         yield
     finally:
-        _recorder = previous
+        _recorder.reset(token)
