@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING
 from lazyllm.config import PRESETS, LazyConfig
 from lazyllm.errors import (
     ConfigError,
+    DataNotFoundError,
     LazyLLMError,
+    ModelNotFoundError,
+    NotPatchedError,
     UnsupportedCacheError,
     UnsupportedCallError,
     UnsupportedGenerationError,
@@ -29,9 +32,12 @@ __all__ = [
     "PRESETS",
     "Calibration",
     "ConfigError",
+    "DataNotFoundError",
     "LazyConfig",
     "LazyLLMError",
     "LazyStats",
+    "ModelNotFoundError",
+    "NotPatchedError",
     "UnsupportedCacheError",
     "UnsupportedCallError",
     "UnsupportedGenerationError",

@@ -151,9 +151,7 @@ def check_request(
         raise ConfigError(f"target must be 'fidelity' or 'speed', got {target!r}.")
     if target == "speed" and (speedup is None or speedup <= 1.0):
         raise ConfigError(f"target='speed' needs speedup > 1 (e.g. speedup=2.5), got {speedup!r}.")
-    if not 0.0 < min_agreement < 1.0:
-        raise ConfigError(f"min_agreement must lie in (0, 1), got {min_agreement!r}.")
-    needed = prompts_needed(min_agreement)
+    needed = prompts_needed(min_agreement)  # refuses a min_agreement outside (0, 1)
     if target == "fidelity" and len(ids) < needed:
         raise ConfigError(
             f"calibrate needs at least {needed} prompts to bound the agreement below by {min_agreement} (95% Wilson "

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from lazyllm.commands import PROG, CLIError, cmd_calibrate, cmd_demo, cmd_generate, cmd_info
+from lazyllm.commands import PROG, cmd_calibrate, cmd_demo, cmd_generate, cmd_info
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS
 from lazyllm.errors import LazyLLMError
 from lazyllm.models import model_names
@@ -221,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _dispatch(argv)
-    except (CLIError, LazyLLMError) as error:  # ConfigError, ModelNotFoundError, Unsupported*Error
+    except LazyLLMError as error:  # every error of lazyllm, the commands' own CLIError included
         return _error(str(error) or type(error).__name__)
-    except (FileNotFoundError, OSError, ValueError) as error:  # a missing prompt file, a bad JSON file, ...
+    except (OSError, ValueError) as error:  # not lazyllm's: a checkpoint Transformers cannot load, an unwritable --out
         if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
             return _error(f"{error} ({error.filename})")
         return _error(str(error) or type(error).__name__)

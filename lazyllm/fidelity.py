@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from lazyllm.errors import ConfigError
+
 
 def normalize(answer: str) -> str:
     """The answer with surrounding whitespace removed and inner runs of whitespace collapsed."""
@@ -32,7 +34,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 def prompts_needed(min_agreement: float, z: float = 1.96) -> int:
     """Fewest prompts whose Wilson lower bound can reach `min_agreement` (when every answer agrees)."""
     if not 0.0 < min_agreement < 1.0:
-        raise ValueError(f"min_agreement must lie in (0, 1), got {min_agreement}.")
+        raise ConfigError(f"min_agreement must lie in (0, 1), got {min_agreement!r}: use a share such as 0.9.")
     n = 1
     while wilson_interval(n, n, z)[0] < min_agreement:
         n += 1

