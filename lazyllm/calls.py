@@ -20,13 +20,12 @@ from torch import nn
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import Cache
 
-from lazyllm.cache import check_cache
+from lazyllm.cache import PrunedCache, check_cache, pruned
 from lazyllm.config import LazyConfig
 from lazyllm.errors import UnsupportedCacheError, UnsupportedModelError
 from lazyllm.errors import UnsupportedCallError as UnsupportedCallError
 from lazyllm.errors import UnsupportedGenerationError as UnsupportedGenerationError
 from lazyllm.families import BaseModel, check_attention_backend, model_config
-from lazyllm.state import LazyState, state_of
 
 LAST_TOKEN_ONLY = "lazyllm_last_token_only"  # keyword the causal LM's forward passes to the base model's
 # Transformers answers a right-padded row from its last slot, a pad (and warns that decoder-only models want left
@@ -47,10 +46,9 @@ class Prefill:
 
 @dataclass(frozen=True)
 class Continue:
-    """Continue a pruned cache (decoding steps, a new turn) with its own `state`, and so its prefill's config."""
+    """Continue a pruned cache (decoding steps, a new turn) with its own state, and so its prefill's config."""
 
-    cache: DynamicCache
-    state: LazyState
+    pruned: PrunedCache
 
 
 @dataclass(frozen=True)
@@ -83,14 +81,13 @@ def decide(
     3. a call on a pruned cache: `Continue` (`check_decode_call` raises for options it cannot serve);
     4. otherwise `Unpruned` with the first reason of 2 or `fallback_reason`, or a pruned `Prefill`.
     """
-    state = state_of(cache)  # None for any cache but a pruned one
-    if state is None and torch.compiler.is_compiling():
+    held = pruned(cache)  # None for any cache but a pruned one
+    if held is None and torch.compiler.is_compiling():
         return Unpruned(COMPILED)
-    reason = unservable_reason(base, cache, attention_mask, strict=config.strict or state is not None)
-    if state is not None:
-        assert isinstance(cache, DynamicCache)  # it holds a state: a pruned cache, which check_cache let through
+    reason = unservable_reason(base, cache, attention_mask, strict=config.strict or held is not None)
+    if held is not None:
         check_decode_call(kwargs)
-        return Continue(cache, state)
+        return Continue(held)
     lengths = prompt_lengths(attention_mask, embedded)
     cache_length = cache.get_seq_length() if cache is not None else 0
     reason = reason or fallback_reason(config, base, lengths, cache_length, last_token_only, kwargs)

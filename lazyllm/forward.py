@@ -13,7 +13,7 @@ the reason in the stats), a pruned prefill, or a call that continues a pruned ca
 
 Sliding-window layers (Gemma 3's local layers, Mistral/Qwen2 with `sliding_window`) attend, of the chosen tokens,
 those within the window of each query's position; their cache keeps every entry they computed (see
-`cache.with_growing_layers`). Scores at a cut come from the layer before it whatever its type, over every entry that
+`cache.start_pruned`). Scores at a cut come from the layer before it whatever its type, over every entry that
 layer holds.
 """
 
@@ -27,13 +27,13 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from lazyllm.cache import growing_layers, with_growing_layers
+from lazyllm.cache import PrunedCache, start_pruned
 from lazyllm.calls import COMPILED, LAST_TOKEN_ONLY, RIGHT_PADDED, Continue, Unpruned, decide
 from lazyllm.compat import CACHE_KWARG, cache_argument, model_output
 from lazyllm.config import LazyConfig
 from lazyllm.families import BaseModel, FamilyAdapter
 from lazyllm.pruned_pass import LazyPass, Tokens
-from lazyllm.state import LazyState, Slots
+from lazyllm.state import LazyState
 from lazyllm.stats import LazyStats
 
 
@@ -44,7 +44,7 @@ class Host(Protocol):
     config: LazyConfig
     windows: list[int | None]  # per decoder layer: its sliding window, None for full attention
 
-    def record(self, stats: LazyStats, cache: DynamicCache | None) -> None: ...
+    def record(self, stats: LazyStats, pruned: PrunedCache | None) -> None: ...
 
     def record_unpruned_step(self, rows: int, layers: int) -> None: ...
 
@@ -78,7 +78,7 @@ def lazy_forward(
         )
     hidden = embed(base, input_ids, inputs_embeds)
     if isinstance(decision, Continue):
-        return decode_step(host, base, decision.state, decision.cache, hidden, attention_mask, position_ids)
+        return decode_step(host, base, decision.pruned, hidden, attention_mask, position_ids)
     pruned, last_hidden = prefill(host, base, hidden, attention_mask, position_ids, decision.lengths, decision.cache)
     return model_output(
         last_hidden, pruned if (use_cache if use_cache is not None else base.config.use_cache) else None
@@ -152,24 +152,19 @@ def prefill(
     positions = position_ids.expand(batch, length).masked_fill(~real, -1)  # left padding: empty slots first
     num_layers = len(base.layers)
     keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
-    cache = with_growing_layers(cache if cache is not None else DynamicCache(config=base.config), num_layers)
     stats = LazyStats(pruned=True, schedule=config.describe(), num_layers=num_layers, prompt_tokens=lengths)
     state = LazyState(config, keep_counts, positions.max(dim=1).values + 1, stats)
     state.padded = not bool(real.all())
-    layers = growing_layers(cache)
-    layers[0].state = state
-    for cut in config.prune_layers:
-        layers[cut].parked = Slots()
-    host.record(stats, cache)
-    last_hidden = LazyPass(host.adapter, host.windows, base, cache, state, prefill=True).run(Tokens(hidden, positions))
-    return cache, last_hidden  # (B, 1, D): the final-normed last token
+    pruned = start_pruned(cache if cache is not None else DynamicCache(config=base.config), num_layers, state)
+    host.record(stats, pruned)
+    lazy = LazyPass(host.adapter, host.windows, base, pruned, prefill=True)
+    return pruned.cache, lazy.run(Tokens(hidden, positions))  # (B, 1, D): the final-normed last token
 
 
 def decode_step(
     host: Host,
     base: BaseModel,
-    state: LazyState,
-    cache: DynamicCache,
+    pruned: PrunedCache,
     hidden: torch.Tensor,
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
@@ -177,17 +172,17 @@ def decode_step(
     """A call on a pruned cache: one decoding step (`hidden (B, 1, D)`, the new token, plus the tokens it revives),
     or several new tokens (a new turn, a shared prefix's question), which revive every parked token first and are
     themselves computed in every layer. Returns the new tokens' final-normed hidden states `(B, q, D)`."""
-    batch, count = hidden.shape[:2]
+    state, (batch, count) = pruned.state, hidden.shape[:2]
     if position_ids is None:
-        position_ids = torch.arange(count, device=hidden.device)[None, :] + cache.get_seq_length()
+        position_ids = torch.arange(count, device=hidden.device)[None, :] + pruned.cache.get_seq_length()
     positions = position_ids.expand(batch, count)
     if count > 1 and attention_mask is not None and attention_mask.dim() == 2:
         real = attention_mask[:, -count:].bool()
         positions = positions.masked_fill(~real, -1)  # a shorter row of the new segment is left-padded
         state.padded |= not bool(real.all())
     state.step += 1
-    host.record(state.stats, cache)  # this cache may be a copy of the one the prefill made
+    host.record(state.stats, pruned)  # this cache may be a copy of the one the prefill made
     if count == 1:
         state.stats.decode_steps += 1
-    lazy = LazyPass(host.adapter, host.windows, base, cache, state, prefill=False, extend=count > 1)
-    return model_output(lazy.run(Tokens(hidden, positions)), cache)
+    lazy = LazyPass(host.adapter, host.windows, base, pruned, prefill=False, extend=count > 1)
+    return model_output(lazy.run(Tokens(hidden, positions)), pruned.cache)

@@ -47,7 +47,7 @@ def lookup(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return values & (positions >= 0) if values.dtype == torch.bool else values.masked_fill(positions < 0, 0)
 
 
-def to_table(values: torch.Tensor, positions: torch.Tensor, width: int, fill: float | bool) -> torch.Tensor:
+def by_position(values: torch.Tensor, positions: torch.Tensor, width: int, fill: float | bool) -> torch.Tensor:
     """Scatter per-entry `values (B, T)` into a per-position table `(B, width)`; empty slots are dropped."""
     table = torch.full((values.shape[0], width + 1), fill, dtype=values.dtype, device=values.device)
     table.scatter_(1, positions.masked_fill(positions < 0, width), values)

@@ -1,14 +1,13 @@
-"""Per-generation state of a pruned cache: what each row keeps, where its prompt ends, the decoding step.
+"""What a pruned generation keeps beside its KV: `Slots` (positions in cache order) and the rows' `LazyState`.
 
-The KV stays in Transformers' `DynamicCache`, whose layers a pruned prefill turns into `cache.GrowingLayer`s. Each of
-those also holds the original position of every KV entry it holds (a `Slots` table, in the order entries were
-appended) and, at a pruning layer, the Aux Cache of the tokens parked there. Layer 0 holds the rows' `LazyState`.
-So everything a pruned generation needs travels with its cache: a `copy.deepcopy` of the cache carries it along.
+The cache's layers hold both (`lazyllm.cache`): every layer the `Slots` of its KV entries, each pruning layer the
+`Slots` of its Aux Cache, layer 0 the rows' `LazyState`. Words, here and in the forward: a *position* is a token's
+original place in its row (its RoPE position); a layer's *entries* are the positions of the KV it holds, `(B, T)` in
+cache order, -1 for an *empty slot*; a *table* is `(B, width)` values indexed by position (`selection.by_position`
+writes one, `selection.lookup` reads one).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,16 +15,14 @@ from lazyllm.config import LazyConfig
 from lazyllm.selection import gather_rows, pack
 from lazyllm.stats import LazyStats
 
-if TYPE_CHECKING:
-    from transformers.cache_utils import Cache
-
 
 class Slots:
-    """A growable table of `(B, length)` positions (and, for an Aux Cache, `(B, length, D)` hidden states).
+    """The growable record of a layer's entries, `(B, length)` positions in cache order (and, for an Aux Cache, the
+    parked tokens' `(B, length, D)` hidden states).
 
     Appending writes in place into spare capacity and reallocates with room to spare when it runs out, so a decoding
     step costs O(tokens appended), not O(tokens held). The first append adopts its tensors as they are. Slots
-    taken out are marked empty (-1) in place, and the table is compacted once half of it is empty.
+    taken out are marked empty (-1) in place, and the record is compacted once half of it is empty.
     """
 
     def __init__(self) -> None:
@@ -127,9 +124,3 @@ class LazyState:
     def is_prompt(self, positions: torch.Tensor) -> torch.Tensor:
         """Whether each position is a prompt token (False for generated tokens and empty slots)."""
         return (positions >= 0) & (positions < self.first_generated.to(positions.device)[:, None])
-
-
-def state_of(cache: Cache | None) -> LazyState | None:
-    """The state of a pruned cache, None for any other cache (or none)."""
-    layers = getattr(cache, "layers", None)
-    return getattr(layers[0], "state", None) if layers else None

@@ -19,8 +19,8 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 import lazyllm
+from lazyllm.cache import PrunedCache, pruned
 from lazyllm.patching import runtime_of
-from lazyllm.state import Slots, state_of
 from lazyllm.stats import LazyStats
 
 
@@ -28,21 +28,19 @@ class Held:
     """What a pruned cache holds, read from its layers: positions per layer, Aux Cache per cut, the rows' state."""
 
     def __init__(self, cache: Cache) -> None:
-        self.cache, self.state = cache, state_of(cache)
-        assert self.state is not None, "not a pruned cache"
+        found = pruned(cache)
+        assert found is not None, "not a pruned cache"
+        self.cache, self.state, self.aux = cache, found.state, found.aux
+        self.layers = found.layers
 
     @property
     def positions(self) -> list[torch.Tensor | None]:
-        return [layer.positions.positions for layer in self.cache.layers]
-
-    @property
-    def aux(self) -> list[Slots]:
-        return [self.cache.layers[layer].parked for layer in self.state.config.prune_layers]
+        return [layer.slots.positions for layer in self.layers]
 
 
 def held(cache: Cache) -> Held | None:
     """`Held` of a pruned cache, None for another cache."""
-    return Held(cache) if state_of(cache) is not None else None
+    return Held(cache) if pruned(cache) is not None else None
 
 
 @contextmanager
@@ -53,10 +51,10 @@ def recording(model: nn.Module) -> Iterator[list[tuple[Cache, Held]]]:
     seen: list[tuple[Cache, Held]] = []
     record = runtime.record
 
-    def spy(stats: LazyStats, cache: Cache | None) -> None:
-        record(stats, cache)
-        if cache is not None and all(cache is not known for known, _ in seen):
-            seen.append((cache, Held(cache)))
+    def spy(stats: LazyStats, found: PrunedCache | None) -> None:
+        record(stats, found)
+        if found is not None and all(found.cache is not known for known, _ in seen):
+            seen.append((found.cache, Held(found.cache)))
 
     runtime.record = spy
     try:

@@ -134,7 +134,7 @@ def test_a_cache_made_from_the_config_is_accepted_and_stays_exact():
         cache = DynamicCache(config=model.config)
         text = model.generate(ids, **{CACHE_KWARG: cache}, max_new_tokens=12, do_sample=False)
     assert torch.equal(text, base_text)
-    assert all(type(layer) is GrowingLayer for layer in cache.layers)
+    assert all(isinstance(layer, GrowingLayer) for layer in cache.layers)
     assert [layer.keys.shape[2] for layer in cache.layers] == [60 + 11] * 6, "sliding layers keep every entry"
 
 

@@ -1,5 +1,6 @@
 """Behaviour under real pruning: kept counts, positions, the Aux Cache and revival, batching, fidelity."""
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from transformers import DynamicCache
 
 import lazyllm
 import lazyllm.pruned_pass
-from lazyllm.cache import recomputed_token_layers
+from lazyllm.cache import CutLayer, FirstLayer, GrowingLayer, pruned, recomputed_token_layers
 
 # The paper's decoding policy (revive_all_at=None): decoding steps choose and revive a few tokens each.
 SCHEDULE = lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.2), min_prompt_tokens=0, revive_all_at=None)
@@ -125,8 +126,25 @@ def test_revival_resumes_from_the_aux_cache_once(monkeypatch):
     with torch.inference_mode():
         decode(model, ids[:, -1:], cache, length + 1)
     assert lazyllm.stats(model).revived_tokens == k, "already revived tokens have KV: nothing is computed twice"
-    assert recomputed_token_layers([layer.positions for layer in cache.layers]) == 0
+    assert recomputed_token_layers([layer.slots for layer in cache.layers]) == 0
     assert check_kv(model, cache, state) == [length + 2] * 3 + [2 * k + 2] * 3
+
+
+def test_each_cache_layer_class_says_what_it_holds_and_a_copy_carries_it():
+    """Layer 0 holds the rows' state, each pruning layer its Aux Cache, the others their entries only; a deep copy
+    of the cache is a pruned cache of its own."""
+    model = lazyllm.patch(
+        tiny_llama("gqa"), lazyllm.LazyConfig(prune_layers=(2, 4), keep_ratios=(0.5, 0.25), min_prompt_tokens=0)
+    )
+    with torch.inference_mode():
+        _, cache, _ = prefill(model, random_ids(100))
+    kinds = [type(layer) for layer in cache.layers]
+    assert kinds == [FirstLayer, GrowingLayer, CutLayer, GrowingLayer, CutLayer, GrowingLayer]
+    found, copied = pruned(cache), pruned(copy.deepcopy(cache))
+    assert found is not None and copied is not None and copied.state is not found.state
+    assert [aux.positions.shape for aux in copied.aux] == [aux.positions.shape for aux in found.aux]
+    cache.reset()
+    assert pruned(cache) is None, "a reset cache holds no pruned generation"
 
 
 @pytest.mark.parametrize("batch", [1, 3])
