@@ -27,12 +27,12 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
-from lazyllm.cache import growing_layers, recomputed_token_layers
+from lazyllm.cache import PrunedCache, recomputed_token_layers
 from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options, generate_problems, running_unpruned
 from lazyllm.compat import renamed_generate_kwargs
 from lazyllm.config import PRESETS, ConfigError, LazyConfig
+from lazyllm.errors import NotPatchedError
 from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, base_model, model_config
 from lazyllm.forward import lazy_forward
 from lazyllm.pruned_pass import query_hook
@@ -133,12 +133,12 @@ class LazyRuntime:
             )
 
     # -- what the forward reports (`lazyllm.forward.Host`) ---------------------------------------------------
-    def record(self, stats: LazyStats, cache: DynamicCache | None) -> None:
-        """The figures of a call: a pruned prefill or decoding step on `cache` (a copy of a pruned cache follows
-        its own figures), or an unpruned prefill (None). `lazyllm.stats(model)` returns them, and `generate()`'s
-        self-check reads that cache's positions."""
+    def record(self, stats: LazyStats, pruned: PrunedCache | None) -> None:
+        """The figures of a call: a pruned prefill or decoding step on the cache `pruned` (a copy of a pruned cache
+        follows its own figures), or an unpruned prefill (None). `lazyllm.stats(model)` returns them, and
+        `generate()`'s self-check reads that cache's positions."""
         self.stats = stats
-        self._tables = [layer.positions for layer in growing_layers(cache)] if cache is not None else []
+        self._tables = [layer.slots for layer in pruned.layers] if pruned is not None else []
 
     def record_unpruned_step(self, rows: int, layers: int) -> None:
         """A decoding step of the unpruned forward, counted in the record of its unpruned prefill."""
@@ -249,8 +249,9 @@ def patched(model: nn.Module, config: LazyConfig | str | None = None) -> Iterato
 
 
 def stats(model: nn.Module) -> LazyStats:
-    """Figures of the model's last `generate()` (or last prefill and the decoding steps after it)."""
+    """Figures of the model's last `generate()` (or last prefill and the decoding steps after it); `NotPatchedError` for
+    a model that is not patched."""
     runtime = runtime_of(model)
     if runtime is None:
-        raise ValueError("this model is not patched: call lazyllm.patch(model) first.")
+        raise NotPatchedError("this model is not patched: call lazyllm.patch(model) first.")
     return runtime.stats

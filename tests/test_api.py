@@ -108,10 +108,10 @@ def test_consecutive_generates_do_not_leak_state():
     caches = []  # every cache a call ran on, once
     record = runtime_of(model).record
 
-    def spy(stats, cache):
-        if all(known() is not cache for known in caches):
-            caches.append(weakref.ref(cache))
-        record(stats, cache)
+    def spy(stats, found):
+        if all(known() is not found.cache for known in caches):
+            caches.append(weakref.ref(found.cache))
+        record(stats, found)
 
     runtime_of(model).record = spy
     with torch.inference_mode():
@@ -186,7 +186,7 @@ def test_one_function_decides_every_call_in_order():
         model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     other = lazyllm.LazyConfig(prune_layers=(3,), keep_ratios=(0.5,), min_prompt_tokens=10_000)
     step = decide(other, base, cache, None, ids[:, :1], False, {})
-    assert isinstance(step, Continue) and step.cache is cache and step.state.config == SCHEDULE
+    assert isinstance(step, Continue) and step.pruned.cache is cache and step.pruned.state.config == SCHEDULE
     with pytest.raises(lazyllm.UnsupportedCallError, match="output_attentions"):
         decide(other, base, cache, None, ids[:, :1], True, {"output_attentions": True})
 
@@ -253,7 +253,7 @@ def test_calls_a_pruned_cache_cannot_serve_raise():
 
 
 def test_stats_of_an_unpatched_model_is_an_error():
-    with pytest.raises(ValueError, match="lazyllm.patch"):
+    with pytest.raises(lazyllm.NotPatchedError, match="lazyllm.patch"):
         lazyllm.stats(tiny_llama("gqa"))
 
 
@@ -383,6 +383,7 @@ def test_one_except_clause_catches_every_kind_of_error(tmp_path):
         (lazyllm.ConfigError, ValueError, lambda: lazyllm.LazyConfig.load(not_json)),
         (lazyllm.ModelNotFoundError, FileNotFoundError, lambda: load_model(str(tmp_path / "no-model"))),
         (CLIError, ValueError, lambda: read_prompt(str(tmp_path / "no-prompt.txt"))),
+        (lazyllm.NotPatchedError, ValueError, lambda: lazyllm.stats(tiny_llama("gqa"))),
     ]
     for kind, builtin, bad in cases:
         try:
