@@ -53,9 +53,9 @@ def _add_model_options(parser: argparse.ArgumentParser, model: str | None = None
 def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--schedule",
-        default="default",
+        default=None,
         help="a preset (off, default, balanced, aggressive) or 'layer:keep,...' such as '8:0.5,16:0.3,24:0.1' "
-        "(default: %(default)s)",
+        "(default: what lazyllm.patch(model) places on the model, by its size)",
     )
     parser.add_argument(
         "--config",

@@ -19,9 +19,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import lazyllm
-from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, LazyConfig
+from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, LazyConfig, default_rule
 from lazyllm.errors import LazyLLMError
 from lazyllm.generation import Prompt, encode, greedy, has_chat_template, model_inputs
+from lazyllm.patching import placed, runtime_of
 
 PROG = "lazyllm"
 
@@ -49,22 +50,35 @@ def check_config_options(args: argparse.Namespace) -> None:
     """Before the model load: `--config` exists and is not combined with `--schedule`; the schedule parses (its
     depth is checked once the model is known)."""
     if args.config:
-        if args.schedule != "default":
+        if args.schedule is not None:
             raise CLIError("give either --config or --schedule, not both")
         if not Path(args.config).expanduser().is_file():
             raise CLIError(f"config file not found: {args.config}")
-    else:
+    elif args.schedule is not None:
         LazyConfig.parse(args.schedule, num_layers=1_000_000)
 
 
-def schedule_of(args: argparse.Namespace, model: PreTrainedModel) -> LazyConfig:
-    """The config asked for: `--config FILE` (checked against the model's depth) or `--schedule`."""
+def schedule_of(args: argparse.Namespace, model: PreTrainedModel) -> tuple[LazyConfig, str]:
+    """The config asked for (`--config FILE`, checked against the model's depth, `--schedule`, or the model's
+    default), and why the model gets it (`LazyStats.schedule_source`)."""
     overrides: dict[str, Any] = {}
     if args.min_prompt_tokens is not None:
         overrides["min_prompt_tokens"] = args.min_prompt_tokens
+    num_layers = model.config.num_hidden_layers
     if args.config:
-        return dataclasses.replace(LazyConfig.load(args.config, model), **overrides)
-    return LazyConfig.parse(args.schedule, model.config.num_hidden_layers, **overrides)
+        config, source = LazyConfig.load(args.config, model), f"the config file {args.config}"
+    elif args.schedule is None or args.schedule.strip() in ("off", *lazyllm.PRESETS):
+        config, source = placed(model, args.schedule and args.schedule.strip(), num_layers)
+    else:
+        config, source = LazyConfig.parse(args.schedule, num_layers), f"--schedule {args.schedule}"
+    return dataclasses.replace(config, **overrides), source
+
+
+def patch_as_asked(model: PreTrainedModel, config: LazyConfig, source: str) -> None:
+    """`lazyllm.patch(model, config)`, with the source `schedule_of` gave (what `lazyllm.stats` says of it)."""
+    runtime = runtime_of(lazyllm.patch(model, config))
+    assert runtime is not None
+    runtime.reconfigure(config, source)
 
 
 def load(name: str, dtype: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -127,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_config_options(args)
     device = device_of(args.device)
     model, tokenizer = load(args.model, args.dtype, device)
-    config = schedule_of(args, model)
+    config, source = schedule_of(args, model)
     lazyllm.patch(model, config)  # refuse an unsupported model before the slow part
     lazyllm.unpatch(model)
 
@@ -137,6 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     baseline = answer(model, tokenizer, ids, args.max_new_tokens, "baseline generate", progress)
     with lazyllm.patched(model, config):
+        patch_as_asked(model, config, source)
         pruned = answer(model, tokenizer, ids, args.max_new_tokens, "lazyllm generate", progress)
         stats = lazyllm.stats(model)
     base_ttft, lazy_ttft = demo_ttft(model, config, model_inputs(ids), args.repeats, progress)
@@ -148,7 +163,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     question = text.rsplit("Question:", 1)[-1].strip() if "Question:" in text else ""
     print(f"model:     {name} ({model.config.num_hidden_layers} layers, {device}, {model.dtype})")
     print(f"prompt:    {ids.shape[1]} tokens (a SQuAD paragraph among Paul Graham essays, seed {args.seed})")
-    print(f"schedule:  {config.describe()} (min_prompt_tokens={config.min_prompt_tokens})")
+    print(f"schedule:  {config.describe()} (min_prompt_tokens={config.min_prompt_tokens}): {source}")
     print(f"question:  {question}\nexpected:  {expected}\n")
     print(f"baseline answer: {baseline!r}  ({verdict(baseline)})")
     print(f"lazyllm answer:  {pruned!r}  ({verdict(pruned)})\n")
@@ -208,8 +223,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_config_options(args)
     device = device_of(args.device)
     model, tokenizer = load(args.model, args.dtype, device)
-    config = schedule_of(args, model)
-    lazyllm.patch(model, config)
+    config, source = schedule_of(args, model)
+    patch_as_asked(model, config, source)
     ids, templated = encode_text(tokenizer, text, args.chat)
     ids = ids.to(device)
     kind = "chat template" if templated else "plain text"
@@ -306,6 +321,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"supported families: {', '.join(a.causal_lm_class.__name__ for a in FAMILIES.values())}")
     print(f"attention backends: {', '.join(SUPPORTED_ATTENTION)}")
     print(f"min_prompt_tokens default: {DEFAULT_MIN_PROMPT_TOKENS}")
+    print(f"schedule of lazyllm.patch(model), by the model's size: {default_rule()}")
     print("presets (as placed on a 30-layer model such as SmolLM2-135M):")
     for name in ("off", *lazyllm.PRESETS):
         config = LazyConfig.parse(name, 30)

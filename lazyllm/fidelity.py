@@ -39,4 +39,3 @@ def prompts_needed(min_agreement: float, z: float = 1.96) -> int:
     while wilson_interval(n, n, z)[0] < min_agreement:
         n += 1
     return n
-

@@ -42,6 +42,7 @@ class Host(Protocol):
 
     adapter: FamilyAdapter
     config: LazyConfig
+    schedule_source: str  # why the model has this schedule (`LazyStats.schedule_source`)
     windows: list[int | None]  # per decoder layer: its sliding window, None for full attention
 
     def record(self, stats: LazyStats, pruned: PrunedCache | None) -> None: ...
@@ -116,7 +117,10 @@ def note_unpruned(host: Host, base: BaseModel, decision: Unpruned) -> None:
     call's record says only why: its lengths are not read)."""
     reason, lengths = decision.reason, decision.lengths
     if reason == COMPILED:
-        host.record(LazyStats(fallback_reason=COMPILED, schedule=host.config.describe()), None)
+        host.record(
+            LazyStats(fallback_reason=COMPILED, schedule=host.config.describe(), schedule_source=host.schedule_source),
+            None,
+        )
         return
     if reason == RIGHT_PADDED:
         host.warn_once(reason)
@@ -127,6 +131,7 @@ def note_unpruned(host: Host, base: BaseModel, decision: Unpruned) -> None:
         pruned=False,
         fallback_reason=reason,
         schedule=host.config.describe(),
+        schedule_source=host.schedule_source,
         num_layers=len(base.layers),
         prompt_tokens=lengths,
         kept_per_layer=[sum(lengths)] * len(base.layers),
@@ -152,7 +157,13 @@ def prefill(
     positions = position_ids.expand(batch, length).masked_fill(~real, -1)  # left padding: empty slots first
     num_layers = len(base.layers)
     keep_counts = torch.tensor([config.keep_counts(n) for n in lengths], dtype=torch.long, device=hidden.device)
-    stats = LazyStats(pruned=True, schedule=config.describe(), num_layers=num_layers, prompt_tokens=lengths)
+    stats = LazyStats(
+        pruned=True,
+        schedule=config.describe(),
+        schedule_source=host.schedule_source,
+        num_layers=num_layers,
+        prompt_tokens=lengths,
+    )
     state = LazyState(config, keep_counts, positions.max(dim=1).values + 1, stats)
     state.padded = not bool(real.all())
     pruned = start_pruned(cache if cache is not None else DynamicCache(config=base.config), num_layers, state)

@@ -31,7 +31,7 @@ from torch import nn
 from lazyllm.cache import PrunedCache, recomputed_token_layers
 from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options, generate_problems, running_unpruned
 from lazyllm.compat import renamed_generate_kwargs
-from lazyllm.config import PRESETS, ConfigError, LazyConfig
+from lazyllm.config import PRESETS, ConfigError, LazyConfig, default_preset
 from lazyllm.errors import NotPatchedError
 from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, base_model, model_config
 from lazyllm.forward import lazy_forward
@@ -50,9 +50,10 @@ class LazyRuntime:
     scores with in that pass (`lazyllm.pruned_pass`), so threads generating on one model do not meet.
     """
 
-    def __init__(self, adapter: FamilyAdapter, config: LazyConfig) -> None:
+    def __init__(self, adapter: FamilyAdapter, config: LazyConfig, source: str) -> None:
         self.adapter = adapter
         self.config = config
+        self.schedule_source = source  # why the model has this schedule (`LazyStats.schedule_source`)
         self.windows: list[int | None] = []  # per decoder layer: its sliding window, None for full attention
         self.stats = LazyStats()
         self._tables: list[Slots] = []  # positions of the last pruned cache's layers, for generate's self-check
@@ -78,9 +79,9 @@ class LazyRuntime:
                 setattr(owner, attribute, previous)
         self._replaced.clear()
 
-    def reconfigure(self, config: LazyConfig) -> None:
-        """The schedule of the next prefills (a pruned cache decodes with its own, `LazyState.config`)."""
-        self.config = config
+    def reconfigure(self, config: LazyConfig, source: str) -> None:
+        """The schedule of the next prefills (a pruned cache decodes with its own, `LazyState.config`), and why."""
+        self.config, self.schedule_source = config, source
 
     def _install_hooks(self, model: nn.Module) -> None:
         """The causal LM's pre-hook (`last_token_only_hook`), and a hook on the query module of every decoder layer
@@ -182,7 +183,8 @@ def patch(model: nn.Module, config: LazyConfig | str | None = None) -> nn.Module
         model: a loaded causal LM of a supported family (see `lazyllm.families.FAMILIES`).
         config: the schedule: a `LazyConfig`, or a preset's name (`"default"`, `"balanced"`, `"aggressive"`:
             `lazyllm.PRESETS`; `"off"` prunes nothing) placed on the model's depth with the token score it carries,
-            as `LazyConfig.preset(name, num_layers)`. None means `"default"`.
+            as `LazyConfig.preset(name, num_layers)`. None: the preset `lazyllm.config.default_preset` names for
+            the model's parameter count (`lazyllm.stats(model).schedule_source` says which, and why).
             Patching a patched model only changes its schedule.
 
     Returns:
@@ -194,23 +196,31 @@ def patch(model: nn.Module, config: LazyConfig | str | None = None) -> nn.Module
     """
     adapter = adapter_for(model)
     num_layers: int = model_config(model).num_hidden_layers
+    config, source = placed(model, config, num_layers)
+    config.check_depth(num_layers)
+    runtime = runtime_of(model)
+    if runtime is not None:
+        runtime.reconfigure(config, source)
+        return model
+    runtime = LazyRuntime(adapter, config, source)
+    runtime.install(model)
+    setattr(model, _ATTRIBUTE, runtime)
+    return model
+
+
+def placed(model: nn.Module, config: LazyConfig | str | None, num_layers: int) -> tuple[LazyConfig, str]:
+    """The `LazyConfig` that `patch(model, config)` installs on a model of `num_layers` layers, and why (what
+    `LazyStats.schedule_source` says)."""
     if config is None:
-        config = "default"
+        name, why = default_preset(sum(p.numel() for p in model.parameters()))  # shared weights once
+        return LazyConfig.preset(name, num_layers), f"preset {name!r}, {why}"
     if isinstance(config, str):
-        config = LazyConfig.preset(config, num_layers)
+        return LazyConfig.preset(config, num_layers), f"preset {config!r}, asked for by name"
     if not isinstance(config, LazyConfig):
         raise ConfigError(
             f"config must be a lazyllm.LazyConfig or a preset's name ({', '.join(PRESETS)}), got {type(config).__name__}."
         )
-    config.check_depth(num_layers)
-    runtime = runtime_of(model)
-    if runtime is not None:
-        runtime.reconfigure(config)
-        return model
-    runtime = LazyRuntime(adapter, config)
-    runtime.install(model)
-    setattr(model, _ATTRIBUTE, runtime)
-    return model
+    return config, "a LazyConfig given to lazyllm.patch"
 
 
 def unpatch(model: nn.Module) -> nn.Module:
@@ -237,7 +247,7 @@ def patched(model: nn.Module, config: LazyConfig | str | None = None) -> Iterato
     """Patch `model` with `config` (as `patch` takes it: a `LazyConfig`, a preset's name or None) for the `with`
     block; afterwards it is as before (unpatched, or patched with its old schedule)."""
     runtime = runtime_of(model)
-    previous = runtime.config if runtime is not None else None
+    previous = (runtime.config, runtime.schedule_source) if runtime is not None else None
     patch(model, config)
     try:
         yield model
@@ -245,7 +255,10 @@ def patched(model: nn.Module, config: LazyConfig | str | None = None) -> Iterato
         if previous is None:
             unpatch(model)
         else:
-            patch(model, previous)
+            patch(model, previous[0])
+            restored = runtime_of(model)
+            assert restored is not None
+            restored.reconfigure(*previous)  # its source too
 
 
 def stats(model: nn.Module) -> LazyStats:

@@ -17,6 +17,7 @@ class LazyStats:
     pruned: bool = False  # whether pruning ran (False: the unpruned forward ran, see fallback_reason)
     fallback_reason: str | None = None
     schedule: str = ""  # the schedule as "layer:keep,..."
+    schedule_source: str = ""  # why the model has it: a preset asked for by name, a LazyConfig, or the default
     num_layers: int = 0
     prompt_tokens: list[int] = field(default_factory=list)  # real (unpadded) prompt tokens per row
     kept_per_layer: list[int] = field(default_factory=list)  # prefill: tokens computed in each layer
@@ -75,6 +76,7 @@ class LazyStats:
         state = "pruned" if self.pruned else f"not pruned ({self.fallback_reason})"
         lines = [
             f"prefill: {state}, schedule {self.schedule or 'off'}, prompt tokens {self.prompt_tokens}",
+            f"schedule: {self.schedule_source}",
             f"prefill_token_fraction {self.prefill_token_fraction:.3f} "
             f"({self.prefill_token_layers} of {sum(self.prompt_tokens) * self.num_layers} token-layers)",
             f"decoding: {self.decode_steps} steps, {self.revived_tokens} tokens revived "

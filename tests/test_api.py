@@ -80,6 +80,31 @@ def test_default_config_is_the_default_preset():
     assert runtime_of(model).config == lazyllm.LazyConfig.preset("default", 32)
 
 
+def test_the_default_follows_the_model_size_and_stats_say_why(monkeypatch):
+    model = tiny_llama("gqa")
+    size = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(lazyllm.config, "DEFAULT_BY_SIZE", ((size + 1, "aggressive"), (size, "balanced")))
+    lazyllm.patch(model)
+    assert runtime_of(model).config == lazyllm.LazyConfig.preset("balanced", 6)
+    with torch.inference_mode():
+        model.generate(random_ids(60), max_new_tokens=2, do_sample=False)
+    why = lazyllm.stats(model).schedule_source
+    assert (
+        why.startswith("preset 'balanced', the default for models of at least")
+        and why in lazyllm.stats(model).summary()
+    )
+    with lazyllm.patched(model, "aggressive"):
+        assert runtime_of(model).schedule_source == "preset 'aggressive', asked for by name"
+    assert runtime_of(model).schedule_source == why, "patched() restores the source with the schedule"
+    monkeypatch.setattr(lazyllm.config, "DEFAULT_BY_SIZE", ((size + 1, "balanced"),))
+    lazyllm.patch(model)
+    assert runtime_of(model).config == lazyllm.LazyConfig.preset("default", 6)
+    assert runtime_of(model).schedule_source.startswith("preset 'default', the default for models under")
+    assert lazyllm.config.default_rule().startswith("'balanced' from")
+    lazyllm.patch(model, SCHEDULE)
+    assert runtime_of(model).schedule_source == "a LazyConfig given to lazyllm.patch"
+
+
 @pytest.mark.parametrize("name", ["default", "balanced", "aggressive", "off"])
 def test_patch_and_patched_take_a_preset_name_placed_on_the_model_depth(name):
     model = tiny_llama("xgen")  # 32 layers

@@ -17,7 +17,7 @@ from tokenizers.pre_tokenizers import Whitespace
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from lazyllm.cli import main
-from lazyllm.config import LazyConfig
+from lazyllm.config import LazyConfig, default_rule
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 256
@@ -102,6 +102,7 @@ def test_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "LlamaForCausalLM" in out and "default" in out and "transformers" in out
+    assert f"schedule of lazyllm.patch(model), by the model's size: {default_rule()}" in out
 
 
 def test_python_dash_m_lazyllm() -> None:
@@ -128,6 +129,7 @@ def test_generate_prints_answer_and_stats(
     for cut, count in zip(default.prune_layers, default.keep_counts(300)):
         kept[cut:] = [count] * (6 - cut)
     assert f"prefill: pruned, schedule {default.describe()}" in report
+    assert "schedule: preset 'default', the default for this model" in report, "no --schedule: the model's default"
     assert "kept per layer: " + " ".join(map(str, kept)) in report
     assert "plain text" in captured.err
 

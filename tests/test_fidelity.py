@@ -24,4 +24,3 @@ def test_prompts_needed_is_the_smallest_n_whose_bound_reaches_the_target():
     assert wilson_interval(n, n)[0] >= 0.9 > wilson_interval(n - 1, n - 1)[0]
     with pytest.raises(ValueError, match="min_agreement"):
         prompts_needed(1.0)
-

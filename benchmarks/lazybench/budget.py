@@ -83,7 +83,9 @@ class CostModel:
             return 1.0
         squares = LazyConfig(config.prune_layers, tuple(r * r for r in config.keep_ratios))
         share = self.share(tokens)
-        bound = (1 - share) * config.prefill_fraction(self.num_layers) + share * squares.prefill_fraction(self.num_layers)
+        bound = (1 - share) * config.prefill_fraction(self.num_layers) + share * squares.prefill_fraction(
+            self.num_layers
+        )
         return min(1.1 * bound + 0.02, 1.1)
 
     def generation(self, config: LazyConfig | None, tokens: int, new_tokens: int) -> float:
