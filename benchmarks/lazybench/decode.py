@@ -13,7 +13,7 @@ selection, revival (the Aux Cache), masks, bookkeeping; "other" is the rest of a
 generate()). On CUDA each range is bracketed by synchronisations, so the breakdown run is slower than the timed
 ones. With `--stream`, every generation streams through a `TextIteratorStreamer` that notes when each token
 reaches it: a second table gives the first and second token's times, the stall between them (the revival at
-`revive_all_at`) and the p50 / p99 inter-token latency. Results are appended as JSON lines (machine, versions,
+`revive_all_at`), the p50 / p99 inter-token latency and the largest gap. Results are appended as JSON lines (machine, versions,
 command) and printed as markdown.
 """
 
@@ -53,9 +53,10 @@ POLICIES: dict[str, dict[str, Any]] = {
     "static": dict(revive=False, revive_all_at=None),
     "revive_all_at1": dict(revive_all_at=1),
 }
-# Token scores (the rule for the presets' score, docs/DECISIONS.md section 11, times both).
-# Each names every score field, so that it overrides the score a preset carries.
+# Token scores (the rule for the presets' score, docs/DECISIONS.md section 11, times both). Each but "shipped" names
+# every score field, so that it overrides the score a preset carries; "shipped" keeps it (the preset as shipped).
 SCORES: dict[str, dict[str, Any]] = {
+    "shipped": {},
     "paper": dict(score_window=1, score_pool=1),
     "window32+pool7": dict(score_window=32, score_pool=7),
 }
@@ -210,7 +211,7 @@ def summary(runs: list[Generation], base: list[Generation], new_tokens: int) -> 
 
 def stream_summary(runs: list[Generation]) -> dict[str, float]:
     """What a stream saw, medians over rounds: first and second token (s from the call), the stall between them and
-    the p50 / p99 gap between tokens (ms)."""
+    the p50 / p99 and the largest gap between tokens (ms)."""
 
     def quantile(gaps: list[float], share: int) -> float:
         return statistics.quantiles(gaps, n=100, method="inclusive")[share - 1]
@@ -221,18 +222,22 @@ def stream_summary(runs: list[Generation]) -> dict[str, float]:
         "stall_ms": median([r.inter_token_ms()[0] for r in runs]),
         "itl_p50_ms": median([quantile(r.inter_token_ms(), 50) for r in runs]),
         "itl_p99_ms": median([quantile(r.inter_token_ms(), 99) for r in runs]),
+        "largest_gap_ms": median([max(r.inter_token_ms()) for r in runs]),
     }
 
 
 def stream_table(rows: dict[str, dict[str, Any]]) -> str:
-    head = "| schedule | first token (s) | second token (s) | stall: gap 1-2 (ms) | ITL p50 (ms) | ITL p99 (ms) |"
-    lines = [head, "|---|---|---|---|---|---|"]
+    head = (
+        "| schedule | first token (s) | second token (s) | stall: gap 1-2 (ms) | ITL p50 (ms) | ITL p99 (ms) "
+        "| largest gap (ms) |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         if "stream" in row:
             got = row["stream"]
             lines.append(
                 f"| {name} | {got['first_s']:.2f} | {got['second_s']:.2f} | {got['stall_ms']:.0f} "
-                f"| {got['itl_p50_ms']:.1f} | {got['itl_p99_ms']:.1f} |"
+                f"| {got['itl_p50_ms']:.1f} | {got['itl_p99_ms']:.1f} | {got['largest_gap_ms']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -269,6 +274,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lazybench decode", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="a name or path lazyllm.models.load_model accepts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="the model's dtype, patched and unpatched alike (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens (about)")
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--schedules", nargs="+", default=["default", "balanced", "aggressive"])
@@ -290,8 +300,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-    model, tokenizer = lazyllm.models.load_model(args.model, dtype=dtype)
+    dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    model, tokenizer = lazyllm.models.load_model(args.model, dtype=getattr(torch, dtype))
     model.to(args.device)
     configs = configurations(args.schedules, args.policies, model.config.num_hidden_layers, args.scores)
     inputs = prompt_inputs(tokenizer, args.length, args.device)
@@ -299,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind="decode",
         model=args.model,
         device=args.device,
+        dtype=dtype,
         prompt_tokens=int(inputs["input_ids"].shape[1]),
         new_tokens=args.new_tokens,
         machine=machine_info(args.device),
