@@ -22,6 +22,7 @@ import itertools
 import json
 import re
 import shlex
+import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -203,9 +204,11 @@ def working_tasks(records: Sequence[Record]) -> set[str]:
     return {task for task, values in scores.items() if sum(values) / len(values) >= BASELINE_WORKS}
 
 
-def cell(records: Sequence[Record], working: set[str]) -> dict[str, Any]:
-    """A preset's figures on one model, split and length: records are one per prompt."""
+def cell(records: Sequence[Record], working: set[str], base_ttft: dict[tuple, float]) -> dict[str, Any]:
+    """A preset's figures on one model, split and length: records are one per prompt; `base_ttft` holds the
+    unpruned model's TTFT per prompt key (the ratio is paired by prompt)."""
     n = len(records)
+    ratios = sorted(base_ttft[prompt_key(r)] / r["ttft_s"] for r in records if prompt_key(r) in base_ttft)
     kept = sum(bool(r["agree"]) for r in records)
     judged = [r for r in records if r["task"] in working]
     accuracy = sum(r["correct"] for r in judged) / len(judged) if judged else None
@@ -220,6 +223,7 @@ def cell(records: Sequence[Record], working: set[str]) -> dict[str, Any]:
         "accuracy": accuracy,
         "baseline_accuracy": baseline,
         "holds": verdict(n, kept, accuracy_ok),
+        "ttft_ratio": statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else None,
         "labels": sorted({r["name"] for r in records}),
     }
 
@@ -259,7 +263,11 @@ def build(records: list[Record], params: dict[str, int] | None = None, depths: d
     working = {key: working_tasks(group) for key, group in baselines.items()}
     tables = {
         key: {
-            row: cell(list(prompts.values()), working.get((key, row[0]), set()))
+            row: cell(
+                list(prompts.values()),
+                working.get((key, row[0]), set()),
+                {prompt_key(b): b["ttft_s"] for b in baselines[(key, row[0])]},
+            )
             for row, prompts in sorted(rows.items(), key=lambda kv: (models[kv[0][0]].order, preset_rank(kv[0][1])))
         }
         for key, rows in sorted(
@@ -409,6 +417,10 @@ def fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def ratio_text(quartiles: list[float] | None) -> str:
+    return "–" if quartiles is None else f"{quartiles[1]:.2f}x [{quartiles[0]:.2f}-{quartiles[2]:.2f}]"
+
+
 def table_title(key: tuple) -> str:
     split, length, exact = key
     answers = f", answers of exactly {exact} tokens" if exact else ""
@@ -418,15 +430,15 @@ def table_title(key: tuple) -> str:
 def table_section(ladder: Ladder, key: tuple) -> list[str]:
     head = (
         "| model (params, dtype) | preset | records' label | n prompts | prefill token fraction | answers kept "
-        "[95% CI] | accuracy, working tasks (baseline) | holds |"
+        "[95% CI] | accuracy, working tasks (baseline) | TTFT ratio, median [quartiles] | holds |"
     )
-    lines = [f"## {table_title(key)}", "", head, "|---|---|---|---|---|---|---|---|"]
+    lines = [f"## {table_title(key)}", "", head, "|---|---|---|---|---|---|---|---|---|"]
     for (model_key, preset), c in ladder.tables[key].items():
         low, high = c["ci"]
         lines.append(
             f"| {ladder.models[model_key].label} | {preset} | {', '.join(c['labels'])} | {c['n']} | "
             f"{c['fraction']:.3f} | {c['kept']}/{c['n']} = {c['share']:.2f} [{low:.2f}-{high:.2f}] | "
-            f"{fmt(c['accuracy'])} ({fmt(c['baseline_accuracy'])}) | {c['holds']} |"
+            f"{fmt(c['accuracy'])} ({fmt(c['baseline_accuracy'])}) | {ratio_text(c['ttft_ratio'])} | {c['holds']} |"
         )
     tasks = [
         f"{ladder.models[m].label}: {', '.join(sorted(ladder.working.get((key, m), set()))) or 'none'}"
@@ -676,7 +688,9 @@ def render(
         f"*Holds*: kept >= {MIN_KEPT} on >= {MIN_PROMPTS} prompts and accuracy on the working tasks at most "
         f"{MAX_ACCURACY_DROP} below the baseline's; *no*: Wilson upper bound below {MIN_KEPT} (>= "
         f"{EARLIER_MIN_PROMPTS} prompts); *no (lost ...)*: more answers lost than {MIN_PROMPTS} prompts allow; "
-        f"*not yet (n<{MIN_PROMPTS})*: fewer prompts and no settled verdict.",
+        f"*not yet (n<{MIN_PROMPTS})*: fewer prompts and no settled verdict. TTFT ratio: the unpruned model's time "
+        "to first token over the preset's, paired by prompt in one run; a figure only where that run had the machine "
+        "alone (the select runs were fidelity runs and partly shared it; see Sources).",
         "",
     ]
     for key in ladder.tables:

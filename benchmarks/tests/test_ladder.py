@@ -18,7 +18,8 @@ def shipped_config(preset, model, **changes):
 
 
 def records(model, name, config, n, lost=0, fraction=1.0, length=2048, **extra):
-    """n prompts (tasks in turn); the first `lost` answers differ from the baseline's; every answer correct."""
+    """n prompts (tasks in turn); the first `lost` answers differ from the baseline's; every answer correct; TTFT
+    in proportion to the prefill fraction, plus 10 ms on every other prompt."""
     return [
         dict(
             kind="fidelity",
@@ -36,6 +37,7 @@ def records(model, name, config, n, lost=0, fraction=1.0, length=2048, **extra):
             correct=1.0,
             baseline_correct=1.0,
             prefill_token_fraction=fraction,
+            ttft_s=2.0 * fraction + 0.01 * (i % 2),
             machine=MACHINE,
             command=f"python -m lazybench frontier --model {model} --n 12",
             **extra,
@@ -121,7 +123,7 @@ def test_60_prompts_decide_the_smallest_size_that_holds(tmp_path):
     rows = model_records(SMALL, 60, {"balanced": 3, "aggressive": 20})  # balanced 57/60 holds
     rows += model_records(LARGE, 60, {"balanced": 1, "aggressive": 20}, "bfloat16")
     text = render(tmp_path, rows)
-    assert "57/60 = 0.95 [0.86-0.98] | 1.00 (1.00) | yes |" in text
+    assert "57/60 = 0.95 [0.86-0.98] | 1.00 (1.00) | 1.37x [1.37-1.37] | yes |" in text, "2.00 / 1.46, 2.01 / 1.47"
     assert "**Decided: S = 494M** (qwen2.5-coder-0.5b)" in text
     assert "qwen2.5-coder-0.5b: `balanced`, qwen2.5-coder-1.5b: `balanced`" in text
     assert (tmp_path / "out" / "ladder.png").stat().st_size > 10_000
