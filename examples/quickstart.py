@@ -18,7 +18,7 @@ model, tokenizer = load_smollm2()  # converted from the packaged GGUF once (~40 
 text, expected = long_document_question(tokenizer, length=2100)
 inputs = tokenizer(chat_prompt(tokenizer, text), return_tensors="pt")
 
-lazyllm.patch(model)  # the "default" schedule; or lazyllm.LazyConfig.parse("8:0.5,16:0.3,24:0.1", 30)
+lazyllm.patch(model)  # the schedule for the model's size ("default" on SmolLM2); or lazyllm.patch(model, "balanced")
 with torch.inference_mode():
     output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
 

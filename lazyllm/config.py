@@ -32,11 +32,10 @@ PRESET_SCORES: dict[str, dict[str, int]] = {
 }
 
 # The preset `lazyllm.patch(model)` places by the model's parameter count: (smallest count, preset) entries, largest
-# count first; a model takes the first entry it reaches, else "default". The rule that fills it and the measurements
-# behind it: docs/DECISIONS.md, section 13.
-DEFAULT_BY_SIZE: tuple[tuple[int, str], ...] = ()
-# The models the rule measured (the size ladder): what `default_preset` says of a model outside the table.
-LADDER = "SmolLM2 135M, Gemma 3 270M, Qwen2.5 0.5B and 1.5B"
+# count first; a model takes the first entry it reaches, else "default". Filled by the rule of docs/DECISIONS.md,
+# section 13: the smallest model of the measured ladder on which a cheaper preset held (Qwen2.5-Coder-1.5B-Instruct,
+# counted as published, its embedding tied to the output head).
+DEFAULT_BY_SIZE: tuple[tuple[int, str], ...] = ((1_543_714_304, "balanced"),)
 
 
 def default_preset(num_parameters: int) -> tuple[str, str]:
@@ -45,21 +44,14 @@ def default_preset(num_parameters: int) -> tuple[str, str]:
     for smallest, name in DEFAULT_BY_SIZE:
         if num_parameters >= smallest:
             return name, f"the default for models of at least {smallest / 1e9:.2f}B parameters (this one: {size})"
-    if DEFAULT_BY_SIZE:
-        smallest = DEFAULT_BY_SIZE[-1][0]
-        return "default", f"the default for models under {smallest / 1e9:.2f}B parameters (this one: {size})"
-    return "default", f"the default for this model ({size}): {_NO_EARLIER_CUT}"
+    smallest = min(count for count, _ in DEFAULT_BY_SIZE)
+    return "default", f"the default for models under {smallest / 1e9:.2f}B parameters (this one: {size})"
 
 
 def default_rule() -> str:
     """`default_preset` in words, for `lazyllm info`."""
-    if not DEFAULT_BY_SIZE:
-        return f"'default' for every model: {_NO_EARLIER_CUT}"
     steps = [f"{name!r} from {smallest / 1e9:.2f}B parameters" for smallest, name in DEFAULT_BY_SIZE]
     return ", ".join(steps) + ", 'default' below"
-
-
-_NO_EARLIER_CUT = f"no earlier cut kept 0.95 of the unpruned answers on {LADDER}"
 
 
 # Below this many prompt tokens a row is not pruned: the shortest length at which pruning paid off on every platform

@@ -81,6 +81,13 @@ def test_default_config_is_the_default_preset():
 
 
 def test_the_default_follows_the_model_size_and_stats_say_why(monkeypatch):
+    # DECISIONS 13: the 1.5B of the ladder as published (tied head) and as lazyllm converts it (untied) get `balanced`,
+    # the 0.5B (as converted) keeps `default`.
+    assert [lazyllm.config.default_preset(n)[0] for n in (1_543_714_304, 1_777_088_000, 630_167_424)] == [
+        "balanced",
+        "balanced",
+        "default",
+    ]
     model = tiny_llama("gqa")
     size = sum(p.numel() for p in model.parameters())
     monkeypatch.setattr(lazyllm.config, "DEFAULT_BY_SIZE", ((size + 1, "aggressive"), (size, "balanced")))

@@ -129,7 +129,7 @@ def test_generate_prints_answer_and_stats(
     for cut, count in zip(default.prune_layers, default.keep_counts(300)):
         kept[cut:] = [count] * (6 - cut)
     assert f"prefill: pruned, schedule {default.describe()}" in report
-    assert "schedule: preset 'default', the default for this model" in report, "no --schedule: the model's default"
+    assert "schedule: preset 'default', the default for models under 1.54B" in report, "no --schedule: by size"
     assert "kept per layer: " + " ".join(map(str, kept)) in report
     assert "plain text" in captured.err
 
