@@ -74,15 +74,26 @@ def params_label(params: int | None) -> str:
 
 
 def read_records(paths: Iterable[Path]) -> list[Record]:
-    """Every fidelity record of the files, each with `_source` (its file); a repeated key: the last one wins."""
+    """Every fidelity record of the files, each with `_source` (its file) and `_base_ttft` (the unpruned model's
+    TTFT on its prompt in the same run, if that run timed it); a repeated key: the last one wins."""
     records: dict[tuple, Record] = {}
+    base_ttft: dict[tuple, float] = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             record = json.loads(line) if line.strip() else None
             if record and record.get("kind") == "fidelity":
                 record = dict(record, dtype=record.get("dtype", "float32"), _source=str(path))
+                run = (*prompt_key(record), record["model"], record["dtype"], record.get("command"), run_start(record))
+                if record["name"] == "baseline":
+                    base_ttft[run] = record["ttft_s"]
+                record["_base_ttft"] = base_ttft.get(run)
                 records[(*prompt_key(record), record["model"], record["dtype"], record["name"])] = record
     return list(records.values())
+
+
+def run_start(record: Record) -> str | None:
+    """When the run that made a record started (its machine's date)."""
+    return (record.get("machine") or {}).get("date")
 
 
 def prompts_per_cell(record: Record) -> int | None:
@@ -204,11 +215,11 @@ def working_tasks(records: Sequence[Record]) -> set[str]:
     return {task for task, values in scores.items() if sum(values) / len(values) >= BASELINE_WORKS}
 
 
-def cell(records: Sequence[Record], working: set[str], base_ttft: dict[tuple, float]) -> dict[str, Any]:
-    """A preset's figures on one model, split and length: records are one per prompt; `base_ttft` holds the
-    unpruned model's TTFT per prompt key (the ratio is paired by prompt)."""
+def cell(records: Sequence[Record], working: set[str]) -> dict[str, Any]:
+    """A preset's figures on one model, split and length: records are one per prompt (TTFT ratios paired with the
+    unpruned model's on the same prompt in the same run)."""
     n = len(records)
-    ratios = sorted(base_ttft[prompt_key(r)] / r["ttft_s"] for r in records if prompt_key(r) in base_ttft)
+    ratios = sorted(r["_base_ttft"] / r["ttft_s"] for r in records if r.get("_base_ttft"))
     kept = sum(bool(r["agree"]) for r in records)
     judged = [r for r in records if r["task"] in working]
     accuracy = sum(r["correct"] for r in judged) / len(judged) if judged else None
@@ -263,11 +274,7 @@ def build(records: list[Record], params: dict[str, int] | None = None, depths: d
     working = {key: working_tasks(group) for key, group in baselines.items()}
     tables = {
         key: {
-            row: cell(
-                list(prompts.values()),
-                working.get((key, row[0]), set()),
-                {prompt_key(b): b["ttft_s"] for b in baselines[(key, row[0])]},
-            )
+            row: cell(list(prompts.values()), working.get((key, row[0]), set()))
             for row, prompts in sorted(rows.items(), key=lambda kv: (models[kv[0][0]].order, preset_rank(kv[0][1])))
         }
         for key, rows in sorted(
@@ -689,8 +696,8 @@ def render(
         f"{MAX_ACCURACY_DROP} below the baseline's; *no*: Wilson upper bound below {MIN_KEPT} (>= "
         f"{EARLIER_MIN_PROMPTS} prompts); *no (lost ...)*: more answers lost than {MIN_PROMPTS} prompts allow; "
         f"*not yet (n<{MIN_PROMPTS})*: fewer prompts and no settled verdict. TTFT ratio: the unpruned model's time "
-        "to first token over the preset's, paired by prompt in one run; a figure only where that run had the machine "
-        "alone (the select runs were fidelity runs and partly shared it; see Sources).",
+        "to first token over the preset's, paired by prompt within one run (– where no run timed both); a figure only "
+        "where that run had the machine alone (the select runs were fidelity runs and partly shared it; see Sources).",
         "",
     ]
     for key in ladder.tables:
