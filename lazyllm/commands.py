@@ -22,7 +22,7 @@ import lazyllm
 from lazyllm.config import DEFAULT_MIN_PROMPT_TOKENS, LazyConfig, default_rule
 from lazyllm.errors import LazyLLMError
 from lazyllm.generation import Prompt, encode, greedy, has_chat_template, model_inputs
-from lazyllm.patching import placed, runtime_of
+from lazyllm.patching import patch_with_source, placed
 
 PROG = "lazyllm"
 
@@ -72,13 +72,6 @@ def schedule_of(args: argparse.Namespace, model: PreTrainedModel) -> tuple[LazyC
     else:
         config, source = LazyConfig.parse(args.schedule, num_layers), f"--schedule {args.schedule}"
     return dataclasses.replace(config, **overrides), source
-
-
-def patch_as_asked(model: PreTrainedModel, config: LazyConfig, source: str) -> None:
-    """`lazyllm.patch(model, config)`, with the source `schedule_of` gave (what `lazyllm.stats` says of it)."""
-    runtime = runtime_of(lazyllm.patch(model, config))
-    assert runtime is not None
-    runtime.reconfigure(config, source)
 
 
 def load(name: str, dtype: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -151,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     baseline = answer(model, tokenizer, ids, args.max_new_tokens, "baseline generate", progress)
     with lazyllm.patched(model, config):
-        patch_as_asked(model, config, source)
+        patch_with_source(model, config, source)
         pruned = answer(model, tokenizer, ids, args.max_new_tokens, "lazyllm generate", progress)
         stats = lazyllm.stats(model)
     base_ttft, lazy_ttft = demo_ttft(model, config, model_inputs(ids), args.repeats, progress)
@@ -224,7 +217,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = device_of(args.device)
     model, tokenizer = load(args.model, args.dtype, device)
     config, source = schedule_of(args, model)
-    patch_as_asked(model, config, source)
+    patch_with_source(model, config, source)
     ids, templated = encode_text(tokenizer, text, args.chat)
     ids = ids.to(device)
     kind = "chat template" if templated else "plain text"

@@ -223,6 +223,15 @@ def placed(model: nn.Module, config: LazyConfig | str | None, num_layers: int) -
     return config, "a LazyConfig given to lazyllm.patch"
 
 
+def patch_with_source(model: nn.Module, config: LazyConfig, source: str) -> None:
+    """`patch(model, config)`, with `source` as the reason `lazyllm.stats` gives for the schedule (a config built from
+    a preset plus overrides, or one restored, is still that preset's)."""
+    patch(model, config)
+    runtime = runtime_of(model)
+    assert runtime is not None
+    runtime.reconfigure(config, source)
+
+
 def unpatch(model: nn.Module) -> nn.Module:
     """Restore the model's original behaviour exactly (a model that is not patched is returned unchanged)."""
     runtime = runtime_of(model)
@@ -255,10 +264,7 @@ def patched(model: nn.Module, config: LazyConfig | str | None = None) -> Iterato
         if previous is None:
             unpatch(model)
         else:
-            patch(model, previous[0])
-            restored = runtime_of(model)
-            assert restored is not None
-            restored.reconfigure(*previous)  # its source too
+            patch_with_source(model, *previous)
 
 
 def stats(model: nn.Module) -> LazyStats:

@@ -13,8 +13,8 @@ selection, revival (the Aux Cache), masks, bookkeeping; "other" is the rest of a
 generate()). On CUDA each range is bracketed by synchronisations, so the breakdown run is slower than the timed
 ones. With `--stream`, every generation streams through a `TextIteratorStreamer` that notes when each token
 reaches it: a second table gives the first and second token's times, the stall between them (the revival at
-`revive_all_at`), the p50 / p99 inter-token latency and the largest gap. Results are appended as JSON lines (machine, versions,
-command) and printed as markdown.
+`revive_all_at`), the p50 / p99 inter-token latency and the largest gap. Results are appended as JSON lines
+(machine, versions, command) and printed as markdown.
 """
 
 from __future__ import annotations
