@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import warnings
 from typing import Any
 
 import torch
@@ -20,6 +19,8 @@ from packaging.version import Version
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from lazyllm.errors import warn_at_caller
 
 CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
 # Transformers 5.25 renamed generate()'s `past_key_values` to `cache` too (the old name warns, removal in 6.0).
@@ -38,13 +39,11 @@ def cache_argument(kwargs: dict[str, Any]) -> Cache | None:
 
 def renamed_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """`generate()`'s keyword arguments with the KV cache under the installed release's name. A deprecated name
-    warns as Transformers would, at the caller of the patched `generate` (two frames up), not in lazyllm."""
+    warns as Transformers would, at the caller of the patched `generate`, not in lazyllm."""
     if GENERATE_CACHE_KWARG == "past_key_values" or "past_key_values" not in kwargs:
         return kwargs
-    warnings.warn(
-        "`past_key_values` is deprecated for generate() since Transformers 5.25: use `cache` instead.",
-        FutureWarning,
-        stacklevel=3,
+    warn_at_caller(
+        "`past_key_values` is deprecated for generate() since Transformers 5.25: use `cache` instead.", FutureWarning
     )
     renamed = {key: value for key, value in kwargs.items() if key != "past_key_values"}
     renamed.setdefault(GENERATE_CACHE_KWARG, kwargs["past_key_values"])

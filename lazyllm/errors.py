@@ -1,12 +1,19 @@
-"""The errors lazyllm raises. Each is a `LazyLLMError` (so `except lazyllm.LazyLLMError` catches them all) and keeps
-the builtin base that says what kind of mistake it is (`ValueError`, `TypeError`, `FileNotFoundError`, ...). Every
-message says what to change.
+"""The errors lazyllm raises, and where its warnings point. Each error is a `LazyLLMError` (so `except
+lazyllm.LazyLLMError` catches them all) and keeps the builtin base that says what kind of mistake it is (`ValueError`,
+`TypeError`, `FileNotFoundError`, ...). Every message says what to change; every warning points at the user's line.
 
-All are exported by `lazyllm`; the modules that raise them re-export them too (`from lazyllm.config import
+All errors are exported by `lazyllm`; the modules that raise them re-export them too (`from lazyllm.config import
 ConfigError`, `from lazyllm.models import ModelNotFoundError` work).
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import torch
+import transformers
 
 
 class LazyLLMError(Exception):
@@ -45,3 +52,15 @@ class ModelNotFoundError(LazyLLMError, FileNotFoundError):
 
 class DataNotFoundError(LazyLLMError, RuntimeError):
     """The RULER data that `lazyllm.documents` reads is not installed; the message says how to install it."""
+
+
+_LIBRARIES = tuple(os.path.dirname(path) + os.sep for path in (__file__, torch.__file__, transformers.__file__))
+
+
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn at the first frame outside lazyllm, torch and Transformers: the user's line that called `generate()` or
+    the model, however deep in those libraries the reason was found."""
+    frame, level = sys._getframe(), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARIES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

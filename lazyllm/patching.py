@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from lazyllm.cache import PrunedCache, recomputed_token_layers
 from lazyllm.calls import LAST_TOKEN_ONLY, check_generate_options, generate_problems, running_unpruned
 from lazyllm.compat import renamed_generate_kwargs
 from lazyllm.config import PRESETS, ConfigError, LazyConfig, default_preset
-from lazyllm.errors import NotPatchedError
+from lazyllm.errors import NotPatchedError, warn_at_caller
 from lazyllm.families import FamilyAdapter, adapter_for, attention_windows, base_model, model_config
 from lazyllm.forward import lazy_forward
 from lazyllm.pruned_pass import query_hook
@@ -127,10 +127,9 @@ class LazyRuntime:
         """Warn that a call runs unpruned for `reason`, the first time only."""
         if reason not in self._warned:
             self._warned.add(reason)
-            warnings.warn(
+            warn_at_caller(
                 f"lazyllm: this call runs unpruned: {reason}. lazyllm.stats(model).fallback_reason says so after "
-                "each call; LazyConfig(strict=True) raises instead.",
-                stacklevel=3,
+                "each call; LazyConfig(strict=True) raises instead."
             )
 
     # -- what the forward reports (`lazyllm.forward.Host`) ---------------------------------------------------
@@ -212,7 +211,11 @@ def placed(model: nn.Module, config: LazyConfig | str | None, num_layers: int) -
     """The `LazyConfig` that `patch(model, config)` installs on a model of `num_layers` layers, and why (what
     `LazyStats.schedule_source` says)."""
     if config is None:
-        name, why = default_preset(sum(p.numel() for p in model.parameters()))  # shared weights once
+        # Transformers' count: shared weights once, a 4-bit bitsandbytes weight at its unpacked size.
+        count = (
+            model.num_parameters() if isinstance(model, PreTrainedModel) else sum(p.numel() for p in model.parameters())
+        )
+        name, why = default_preset(count)
         return LazyConfig.preset(name, num_layers), f"preset {name!r}, {why}"
     if isinstance(config, str):
         return LazyConfig.preset(config, num_layers), f"preset {config!r}, asked for by name"

@@ -89,7 +89,7 @@ def test_the_default_follows_the_model_size_and_stats_say_why(monkeypatch):
         "default",
     ]
     model = tiny_llama("gqa")
-    size = sum(p.numel() for p in model.parameters())
+    size = model.num_parameters()
     monkeypatch.setattr(lazyllm.config, "DEFAULT_BY_SIZE", ((size + 1, "aggressive"), (size, "balanced")))
     lazyllm.patch(model)
     assert runtime_of(model).config == lazyllm.LazyConfig.preset("balanced", 6)
@@ -107,6 +107,9 @@ def test_the_default_follows_the_model_size_and_stats_say_why(monkeypatch):
     lazyllm.patch(model)
     assert runtime_of(model).config == lazyllm.LazyConfig.preset("default", 6)
     assert runtime_of(model).schedule_source.startswith("preset 'default', the default for models under")
+    monkeypatch.setattr(model, "num_parameters", lambda: size + 1)  # as Transformers counts a 4-bit model: unpacked
+    lazyllm.patch(model)
+    assert runtime_of(model).config == lazyllm.LazyConfig.preset("balanced", 6)
     assert lazyllm.config.default_rule().startswith("'balanced' from")
     lazyllm.patch(model, SCHEDULE)
     assert runtime_of(model).schedule_source == "a LazyConfig given to lazyllm.patch"
@@ -303,7 +306,7 @@ def test_static_pruning_keeps_the_prefill_selection_in_decoding(monkeypatch):
         model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
     static = pruned_stats(model)
     ((cache, state),) = seen
-    assert check_kv(model, cache, state) == [240 + 200 + 2 * 9] + [72 + 60 + 2 * 9] * 5
+    assert check_kv(cache, state) == [240 + 200 + 2 * 9] + [72 + 60 + 2 * 9] * 5
     assert static.kept_per_layer == [440] + [132] * 5 and all(aux.positions is None for aux in state.aux)
     for layer in range(1, 6):  # the prefill's selection, then one entry per decoding step
         assert torch.equal(state.positions[layer][:, -9:], state.positions[0][:, -9:])

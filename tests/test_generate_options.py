@@ -34,6 +34,7 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 import lazyllm
+from lazyllm.compat import GENERATE_CACHE_KWARG
 from lazyllm.families import rope_takes_layer_type
 
 
@@ -263,9 +264,10 @@ def test_right_padded_calls_run_unpruned_with_one_warning_or_raise_under_strict(
     model, inputs = tiny_llama("gqa"), right_padded()
     expected = run(model, inputs, {})
     lazyllm.patch(model, PRUNE)
-    with pytest.warns(UserWarning, match="right-padded rows"):
+    with pytest.warns(UserWarning, match="right-padded rows") as caught:
         got = run(model, inputs, {})
     assert torch.equal(got, expected)
+    assert {w.filename for w in caught if "right-padded" in str(w.message)} == {__file__}, "at the caller's line"
     assert lazyllm.stats(model).fallback_reason.startswith("right-padded rows")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per reason
@@ -273,6 +275,15 @@ def test_right_padded_calls_run_unpruned_with_one_warning_or_raise_under_strict(
     lazyllm.patch(model, lazyllm.LazyConfig(**{**_fields(PRUNE), "strict": True}))
     with pytest.raises(lazyllm.UnsupportedCallError, match="padding_side = 'left'"):
         run(model, inputs, {})
+
+
+@pytest.mark.skipif(GENERATE_CACHE_KWARG == "past_key_values", reason="generate() takes `cache` from 5.25 only")
+def test_generate_s_deprecated_cache_name_warns_at_the_callers_line():
+    model = lazyllm.patch(tiny_llama("gqa"), PRUNE)
+    with pytest.warns(FutureWarning, match="use `cache`") as caught, torch.inference_mode():
+        model.generate(random_ids(120), max_new_tokens=2, past_key_values=DynamicCache(config=model.config))
+    assert {w.filename for w in caught if "use `cache`" in str(w.message)} == {__file__}
+    assert lazyllm.stats(model).pruned
 
 
 def test_left_padded_rows_prune_as_when_run_alone():
@@ -400,7 +411,7 @@ def crop_and_continue(model, remove, config=None):
         if config:
             with recording(model) as seen:
                 two = model.generate(follow, past_key_values=cache, max_new_tokens=6, do_sample=False)
-            check_kv(model, cache, Held(cache))
+            check_kv(cache, Held(cache))
             assert [c for c, _ in seen] == [cache] and lazyllm.stats(model).recomputed_token_layers == 0
         else:
             two = model.generate(follow, past_key_values=cache, max_new_tokens=6, do_sample=False)
