@@ -68,7 +68,7 @@ def real(positions: torch.Tensor) -> set[int]:
     return set(positions[positions >= 0].tolist())
 
 
-def check_kv(model: nn.Module, cache: Cache, state: Held) -> list[int]:
+def check_kv(cache: Cache, state: Held) -> list[int]:
     """Assert that `cache` holds what `state` says, with no token lost or computed twice; return the real
     (non-empty) entries of each layer, summed over rows."""
     config = state.state.config  # the cache's own schedule
@@ -111,7 +111,7 @@ def checked_generate(model: nn.Module, *args: object, **kwargs: object) -> tuple
         output = model.generate(*args, **kwargs)
     stats = pruned_stats(model)
     assert len(seen) == 1, "one pruned prefill per generate()"
-    counts = check_kv(model, *seen[0])
+    counts = check_kv(*seen[0])
     assert sum(counts) == stats.total_token_layers
     assert stats.recomputed_token_layers == 0
     return output, stats, counts
@@ -120,3 +120,19 @@ def checked_generate(model: nn.Module, *args: object, **kwargs: object) -> tuple
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference, relative to the largest magnitude of `expected`."""
     return ((got.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+
+
+def assert_keep_all_reproduces(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> None:
+    """With the default preset's cuts at keep 1.0, through the pruned path: every logit of the prefill and of the
+    greedy decoding steps (`new_tokens` in all), and the tokens, equal to the unpatched model's, bit for bit."""
+    layers = lazyllm.LazyConfig.preset("default", model.config.num_hidden_layers).prune_layers
+    keep_all = lazyllm.LazyConfig(prune_layers=layers, keep_ratios=(1.0,) * len(layers), min_prompt_tokens=0)
+    options = dict(max_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    with torch.inference_mode():
+        base = model.generate(ids, **options)
+        with lazyllm.patched(model, keep_all):
+            out = model.generate(ids, **options)
+            assert lazyllm.stats(model).pruned
+    for step, (mine, theirs) in enumerate(zip(out.logits, base.logits)):  # step 0: the prefill's next token
+        assert torch.equal(mine, theirs), f"step {step}: {(mine - theirs).abs().max().item()}"
+    assert torch.equal(out.sequences, base.sequences)

@@ -234,7 +234,7 @@ def manual_greedy(model, ids, steps, explicit_positions):
             )
             tokens.append(token)
     assert pruned_stats(model).decode_steps == steps
-    return torch.cat(tokens, dim=1), check_kv(model, *seen[0])
+    return torch.cat(tokens, dim=1), check_kv(*seen[0])
 
 
 def test_a_manual_decode_loop_with_and_without_position_ids_is_generate():

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from conftest import SMALL_DIMS, missing, random_ids
-from kv_checks import held
+from kv_checks import assert_keep_all_reproduces, held
 from transformers import (
     DynamicCache,
     Gemma3ForCausalLM,
@@ -271,17 +271,7 @@ def test_keep_all_reproduces_gemma3_on_a_long_prompt(gemma3, length):
     text, _ = long_document_question(tokenizer, length=length)
     ids = tokenizer(text + "\nAnswer:", return_tensors="pt").input_ids
     assert (ids.shape[1] > 1024) == (length > 1024)
-    layers = lazyllm.LazyConfig.preset("default", model.config.num_hidden_layers).prune_layers
-    keep_all = lazyllm.LazyConfig(prune_layers=layers, keep_ratios=(1.0,) * len(layers), min_prompt_tokens=0)
-    options = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
-    with torch.inference_mode():
-        base = model.generate(ids, **options)
-        with lazyllm.patched(model, keep_all):
-            out = model.generate(ids, **options)
-            assert lazyllm.stats(model).pruned
-    for step, (mine, theirs) in enumerate(zip(out.logits, base.logits)):  # step 0: the prefill's next token
-        assert torch.equal(mine, theirs), f"step {step}: {(mine - theirs).abs().max().item()}"
-    assert torch.equal(out.sequences, base.sequences)
+    assert_keep_all_reproduces(model, ids, new_tokens=4)
 
 
 def test_missing_gemma3_packages_name_the_install_command(monkeypatch, tmp_path):

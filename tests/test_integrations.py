@@ -49,7 +49,7 @@ def test_text_generation_pipeline_on_smollm2(smollm2) -> None:
         assert stats.prefill_token_fraction < 0.95
         assert stats.decode_steps == 2
         assert stats.recomputed_token_layers == 0
-        assert sum(check_kv(model, *seen[-1])) == stats.total_token_layers
+        assert sum(check_kv(*seen[-1])) == stats.total_token_layers
     assert pruned.strip()
     assert not lazyllm.is_patched(model)
 

@@ -10,11 +10,10 @@ import re
 import sys
 from pathlib import Path
 
-import gguf
 import pytest
 import torch
 from conftest import tiny_llama
-from tiny import write_gguf_layer
+from tiny import write_tiny_gguf
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -148,38 +147,13 @@ def test_load_model_from_local_directory(tmp_path: Path) -> None:
     assert model.config._attn_implementation == "eager"
 
 
-def _write_tiny_llama_gguf(path: Path) -> None:
-    """A one-layer float32 Llama GGUF with a 12-token byte-level BPE vocabulary."""
-    tokens = ["<unk>", "<s>", "</s>", *"abcdefgh", "ab"]
-    hidden, ffn, heads, kv_heads = 16, 32, 2, 1
-    kv_width = kv_heads * hidden // heads
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_embedding_length(hidden)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))  # 3: control, 1: normal
-    writer.add_token_merges(["a b"])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    write_gguf_layer(writer, len(tokens), hidden, ffn, kv_width, bias=False, output=True)
-
-
 def test_load_model_from_gguf_is_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("LAZYLLM_CACHE", str(cache))
     gguf_path = tmp_path / "tiny.gguf"
-    _write_tiny_llama_gguf(gguf_path)
+    write_tiny_gguf(gguf_path, "llama", ["<unk>", "<s>", "</s>", *"abcdefgh", "ab"], ["a b"])
 
     model, tokenizer = load_model(str(gguf_path))
     assert "converting tiny.gguf" in capsys.readouterr().err

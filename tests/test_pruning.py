@@ -38,7 +38,7 @@ def test_kept_counts_last_token_and_positions():
         lazyllm.patch(model, SCHEDULE)
         _, cache, state = prefill(model, ids)
     kept = pruned_stats(model).kept_per_layer
-    assert check_kv(model, cache, state) == kept
+    assert check_kv(cache, state) == kept
     assert kept == [301, 301, math.ceil(0.5 * 301), math.ceil(0.5 * 301), math.ceil(0.2 * 301), math.ceil(0.2 * 301)]
     assert lazyllm.stats(model).prefill_token_fraction == pytest.approx(sum(kept) / (301 * 6))
     for layer in range(6):
@@ -127,7 +127,7 @@ def test_revival_resumes_from_the_aux_cache_once(monkeypatch):
         decode(model, ids[:, -1:], cache, length + 1)
     assert lazyllm.stats(model).revived_tokens == k, "already revived tokens have KV: nothing is computed twice"
     assert recomputed_token_layers([layer.slots for layer in cache.layers]) == 0
-    assert check_kv(model, cache, state) == [length + 2] * 3 + [2 * k + 2] * 3
+    assert check_kv(cache, state) == [length + 2] * 3 + [2 * k + 2] * 3
 
 
 def test_each_cache_layer_class_says_what_it_holds_and_a_copy_carries_it():

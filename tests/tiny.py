@@ -6,6 +6,8 @@ without pyproject.toml's `pythonpath`), benchmarks/tests through `pythonpath` (w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -37,19 +39,44 @@ def random_ids(length: int, batch: int = 1, seed: int = 1, vocab: int = 256) -> 
     return torch.randint(3, vocab, (batch, length), generator=generator)
 
 
-def write_gguf_layer(writer, vocab: int, hidden: int, ffn: int, kv_width: int, *, bias: bool, output: bool) -> None:
-    """Write one decoder block's random float32 tensors (seed 0), with the embeddings, final norm and (`output`) an
-    untied head; `bias`: q/k/v biases (Qwen2). Then write the file and close `writer` (a `gguf.GGUFWriter` whose
-    metadata is set)."""
+def write_tiny_gguf(path: Path, arch: str, tokens: list[str], merges: list[str]) -> None:
+    """Write a one-layer float32 GGUF of `arch` with random weights (seed 0) and a byte-level BPE vocabulary: `tokens`
+    (the first three: unk, bos, eos) and `merges`. "llama": an untied head; "qwen2": q/k/v biases, a tied head, the
+    qwen2 pre-tokenizer, pad = bos."""
+    import gguf
     import numpy as np
 
+    qwen2 = arch == "qwen2"
+    vocab, hidden, ffn, heads, kv_heads = len(tokens), 16, 32, 2, 1
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6 if qwen2 else 1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    if qwen2:
+        writer.add_tokenizer_pre("qwen2")
+        writer.add_pad_token_id(1)
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * (vocab - 3))  # 3: control, 1: normal
+    writer.add_token_merges(merges)  # Transformers 4.x reads a one-element list as a string
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+
     rng = np.random.default_rng(0)
+    kv_width = kv_heads * hidden // heads
     shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
-    shapes |= {"output.weight": (vocab, hidden)} if output else {}
+    shapes |= {} if qwen2 else {"output.weight": (vocab, hidden)}
     shapes |= {"blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,)}
     for name, rows in (("q", hidden), ("k", kv_width), ("v", kv_width)):
         shapes[f"blk.0.attn_{name}.weight"] = (rows, hidden)
-        shapes |= {f"blk.0.attn_{name}.bias": (rows,)} if bias else {}
+        shapes |= {f"blk.0.attn_{name}.bias": (rows,)} if qwen2 else {}
     shapes |= {
         "blk.0.attn_output.weight": (hidden, hidden),
         "blk.0.ffn_gate.weight": (ffn, hidden),
