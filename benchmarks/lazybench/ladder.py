@@ -2,8 +2,9 @@
 
 Reads frontier records (`python -m lazybench frontier`, kind "fidelity") of several models and writes, from the
 records alone, `<out>/<name>.md` (one table per split x prompt length: model x preset, answers kept with Wilson 95%
-intervals, accuracy on working tasks, whether the preset holds; then the rule's outcome, which records count as
-which preset, and where the records come from) and `<out>/<name>.png` (answers kept against prefill token fraction).
+intervals, accuracy on working tasks, and on the rule's split whether the preset holds and the rule's outcome; then
+which records count as which preset, and where the records come from) and `<out>/<name>.png` (answers kept against
+prefill token fraction).
 
     python -m lazybench ladder benchmarks/results/frontier-ladder-select.jsonl \\
         benchmarks/results/frontier-select.jsonl benchmarks/results/frontier-gemma3-select.jsonl --out /tmp/ladder
@@ -435,17 +436,21 @@ def table_title(key: tuple) -> str:
 
 
 def table_section(ladder: Ladder, key: tuple) -> list[str]:
+    """One table; the *holds* column only on the rule's split (a held-apart split reports, it does not decide)."""
+    rule = key[0] == RULE_SPLIT
     head = (
         "| model (params, dtype) | preset | records' label | n prompts | prefill token fraction | answers kept "
-        "[95% CI] | accuracy, working tasks (baseline) | TTFT ratio, median [quartiles] | holds |"
+        "[95% CI] | accuracy, working tasks (baseline) | TTFT ratio, median [quartiles] |"
+        + (" holds |" if rule else "")
     )
-    lines = [f"## {table_title(key)}", "", head, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"## {table_title(key)}", "", head, "|---" * (9 if rule else 8) + "|"]
     for (model_key, preset), c in ladder.tables[key].items():
         low, high = c["ci"]
         lines.append(
             f"| {ladder.models[model_key].label} | {preset} | {', '.join(c['labels'])} | {c['n']} | "
             f"{c['fraction']:.3f} | {c['kept']}/{c['n']} = {c['share']:.2f} [{low:.2f}-{high:.2f}] | "
-            f"{fmt(c['accuracy'])} ({fmt(c['baseline_accuracy'])}) | {ratio_text(c['ttft_ratio'])} | {c['holds']} |"
+            f"{fmt(c['accuracy'])} ({fmt(c['baseline_accuracy'])}) | {ratio_text(c['ttft_ratio'])} |"
+            + (f" {c['holds']} |" if rule else "")
         )
     tasks = [
         f"{ladder.models[m].label}: {', '.join(sorted(ladder.working.get((key, m), set()))) or 'none'}"
@@ -679,6 +684,7 @@ def render(
     if not records:
         raise SystemExit(f"no fidelity records in {', '.join(map(str, paths))}")
     ladder = build(records, params, depths)
+    on_rule_split = any(key[0] == RULE_SPLIT for key in ladder.tables)
     sizes_all = {**PARAMS, **(params or {})}
     names = list(ladder_models or PARAMS)
     unknown = [m for m in names if m not in sizes_all]
@@ -692,17 +698,29 @@ def render(
         "",
         f"Rendered by `{command or 'python -m lazybench ladder'}` from {len(records)} fidelity records alone. "
         f"Plot: `{name}.png`. Answers kept: whole greedy answers equal to the unpruned model's, Wilson 95% interval. "
-        f"*Holds*: kept >= {MIN_KEPT} on >= {MIN_PROMPTS} prompts and accuracy on the working tasks at most "
-        f"{MAX_ACCURACY_DROP} below the baseline's; *no*: Wilson upper bound below {MIN_KEPT} (>= "
-        f"{EARLIER_MIN_PROMPTS} prompts); *no (lost ...)*: more answers lost than {MIN_PROMPTS} prompts allow; "
-        f"*not yet (n<{MIN_PROMPTS})*: fewer prompts and no settled verdict. TTFT ratio: the unpruned model's time "
-        "to first token over the preset's, paired by prompt within one run (– where no run timed both); a figure only "
-        "where that run had the machine alone (the select runs were fidelity runs and partly shared it; see Sources).",
+        + (
+            f"*Holds* ({RULE_SPLIT} split only): kept >= {MIN_KEPT} on >= {MIN_PROMPTS} prompts and accuracy on the "
+            f"working tasks at most {MAX_ACCURACY_DROP} below the baseline's; *no*: Wilson upper bound below "
+            f"{MIN_KEPT} (>= {EARLIER_MIN_PROMPTS} prompts); *no (lost ...)*: more answers lost than {MIN_PROMPTS} "
+            f"prompts allow; *not yet (n<{MIN_PROMPTS})*: fewer prompts and no settled verdict. "
+            if on_rule_split
+            else ""
+        )
+        + "TTFT ratio: the unpruned model's time to first token over the preset's, paired by prompt within one run "
+        "(– where no run timed both); a figure only where that run had the machine alone (the select runs were "
+        "fidelity runs and partly shared it; see Sources).",
         "",
     ]
     for key in ladder.tables:
         lines += [*table_section(ladder, key), ""]
-    lines += [*outcome_section(ladder, names, sizes), ""]
+    if on_rule_split:
+        lines += [*outcome_section(ladder, names, sizes), ""]
+    else:
+        lines += [
+            f"No record is on the {RULE_SPLIT} split, where rule 13 decides: these are held-apart figures, and the "
+            "rule's outcome is in docs/DECISIONS.md, section 13.",
+            "",
+        ]
     lines += [*matching_section(ladder), ""]
     lines += [*sources_section(records), ""]
     path = out / f"{name}.md"

@@ -151,3 +151,11 @@ def test_the_rule_text_rules_out_the_small_models_and_the_cli_writes_both_files(
     # Every cheaper preset is settled (gemma3 and smollm2 by the rule's text): balanced from the 0.5B on.
     assert "**Decided: S = 494M**" in text
     assert f"`{source}`: " in text and "python -m lazybench frontier --model qwen2.5-coder-0.5b --n 12" in text
+
+
+def test_a_held_apart_split_reports_without_the_rule_s_verdicts(tmp_path):
+    rows = [dict(r, split="report", seed=0) for r in model_records(LARGE, 30, {"aggressive": 8}, "bfloat16")]
+    text = render(tmp_path, rows)
+    assert "## report split, 2048 tokens" in text and "22/30 = 0.73" in text
+    assert "holds" not in text.split("## Sources")[0].lower()
+    assert "## Rule 13 outcome" not in text and "docs/DECISIONS.md, section 13" in text
