@@ -581,7 +581,7 @@ def plot(ladder: Ladder, path: Path) -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     order = sorted(ladder.models, key=lambda m: ladder.models[m].order)
     for axis, key in zip(axes[:, 0], keys):
-        rows = ladder.tables.get(key, {})
+        rows, rule = ladder.tables.get(key, {}), key[0] == RULE_SPLIT
         present = [m for m in order if any(m == k for k, _ in rows)]
         where = positions(rows, present)
         shifted = max((abs(where[row] - c["fraction"]) for row, c in rows.items()), default=0.0)
@@ -595,7 +595,7 @@ def plot(ladder: Ladder, path: Path) -> None:
             axis.plot(x, y, color=colour, alpha=0.6, label=f"{ladder.models[model_key].label}, {n_text}")
             for xi, (_, preset, c) in zip(x, points):
                 low, high = c["ci"]
-                full = c["n"] >= MIN_PROMPTS
+                full = c["n"] >= MIN_PROMPTS or not rule
                 axis.errorbar(
                     xi,
                     c["share"],
@@ -623,7 +623,9 @@ def plot(ladder: Ladder, path: Path) -> None:
         axis.text(
             0.01,
             MIN_KEPT - 0.045,
-            f"rule: kept >= {MIN_KEPT} of {MIN_PROMPTS} prompts",
+            f"rule: kept >= {MIN_KEPT} of {MIN_PROMPTS} prompts"
+            if rule
+            else f"{MIN_KEPT}: the rule's bound (the rule decides on the {RULE_SPLIT} split)",
             color="grey",
             fontsize=8,
             transform=axis.get_yaxis_transform(),
@@ -641,8 +643,8 @@ def plot(ladder: Ladder, path: Path) -> None:
             )
         )
         axis.set_title(
-            f"Size ladder, presets as shipped: {table_title(key)}\nbars: Wilson 95% CI; "
-            f"hollow markers: fewer than {MIN_PROMPTS} prompts",
+            f"Size ladder, presets as shipped: {table_title(key)}\nbars: Wilson 95% CI"
+            + (f"; hollow markers: fewer than {MIN_PROMPTS} prompts" if rule else " (held-apart prompts)"),
             fontsize=10,
         )
         axis.grid(alpha=0.3)
