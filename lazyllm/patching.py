@@ -211,11 +211,9 @@ def placed(model: nn.Module, config: LazyConfig | str | None, num_layers: int) -
     """The `LazyConfig` that `patch(model, config)` installs on a model of `num_layers` layers, and why (what
     `LazyStats.schedule_source` says)."""
     if config is None:
-        # Transformers' count: shared weights once, a 4-bit bitsandbytes weight at its unpacked size.
-        count = (
-            model.num_parameters() if isinstance(model, PreTrainedModel) else sum(p.numel() for p in model.parameters())
-        )
-        name, why = default_preset(count)
+        # Transformers' count: shared weights once, a 4-bit bitsandbytes weight at its unpacked size. Every model
+        # `adapter_for` admits is a PreTrainedModel.
+        name, why = default_preset(cast(PreTrainedModel, model).num_parameters())
         return LazyConfig.preset(name, num_layers), f"preset {name!r}, {why}"
     if isinstance(config, str):
         return LazyConfig.preset(config, num_layers), f"preset {config!r}, asked for by name"

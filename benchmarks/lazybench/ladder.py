@@ -4,15 +4,17 @@ Reads frontier records (`python -m lazybench frontier`, kind "fidelity") of seve
 records alone, `<out>/<name>.md` (one table per split x prompt length: model x preset, answers kept with Wilson 95%
 intervals, accuracy on working tasks, and on the rule's split whether the preset holds and the rule's outcome; then
 which records count as which preset, and where the records come from) and `<out>/<name>.png` (answers kept against
-prefill token fraction).
+prefill token fraction). A preset is also shown with another decoding policy (`lazybench.decode.POLICIES`, e.g. the
+paper's token-by-token revival) where records hold it: the rule decides on the presets as shipped only.
 
     python -m lazybench ladder benchmarks/results/frontier-ladder-select.jsonl \\
         benchmarks/results/frontier-select.jsonl benchmarks/results/frontier-gemma3-select.jsonl --out /tmp/ladder
 
 A record is "preset P as shipped" when its config equals `LazyConfig.preset(P, depth, min_prompt_tokens=0)` on its
-model's depth, whatever its label: fields of retired options count only at the value that behaves as today
-(`lazyllm.config.RETIRED_FIELDS`, plus `revive_steps=1`), and a field the record lacks is never filled in (it was
-made before that option existed, with whatever the library did then).
+model's depth, whatever its label ("P with decoding policy D" when it equals that config with D's fields): fields of
+retired options count only at the value that behaves as today (`lazyllm.config.RETIRED_FIELDS`, plus
+`revive_steps=1`), and a field the record lacks is never filled in (it was made before that option existed, with
+whatever the library did then).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lazybench.choose import BASELINE_WORKS, MAX_ACCURACY_DROP
+from lazybench.decode import POLICIES
 from lazyllm import PRESETS, LazyConfig
 from lazyllm.config import RETIRED_FIELDS
 from lazyllm.fidelity import wilson_interval
@@ -62,6 +65,9 @@ RETIRED = {
     "revive_steps": 1,  # DECISIONS 12: the revival spread over k steps; 1 = today's revival (commit 130236a)
 }
 MARKERS = {"default": "o", "balanced": "s", "aggressive": "^"}
+# The decoding policy each preset ships with (`LazyConfig.revive_all_at=1`); the others are drawn dashed and hollow.
+SHIPPED_POLICY = "revive_all_at1"
+POLICY_NAMES = {SHIPPED_POLICY: "as shipped", "paper": "paper's", "static": "static"}
 DODGE = 0.011  # sideways shift between models' points (prefill token fraction units)
 
 
@@ -122,12 +128,13 @@ def shipped(preset: str, depth: int) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def matches(record: Record, depth: int) -> str | None:
-    """The preset that `record`'s config equals on a model of `depth` layers, or None."""
+def matches(record: Record, depth: int) -> tuple[str, str] | None:
+    """The (preset, decoding policy) whose config `record`'s equals on a model of `depth` layers, or None."""
     if not record.get("config"):
         return None
     config, _ = normalized(record["config"])
-    return next((p for p in PRESETS if config == shipped(p, depth)), None)
+    variants = ((p, d, {**shipped(p, depth), **POLICIES[d]}) for d in POLICY_NAMES for p in PRESETS)
+    return next(((p, d) for p, d, target in variants if config == target), None)
 
 
 def infer_depth(records: Sequence[Record]) -> int | None:
@@ -242,7 +249,7 @@ def cell(records: Sequence[Record], working: set[str]) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Ladder:
-    """Records sorted into tables: (split, length, exact answer tokens) -> (model key, preset) -> cell."""
+    """Records sorted into tables: (split, length, exact answer tokens) -> (model key, preset, policy) -> cell."""
 
     records: list[Record]
     models: dict[tuple, Model]
@@ -266,17 +273,17 @@ def build(records: list[Record], params: dict[str, int] | None = None, depths: d
             baselines[(table_key(record), model_key)].append(record)
             continue
         depth = models[model_key].depth
-        preset = matches(record, depth) if depth else None
-        if preset is None:
+        found = matches(record, depth) if depth else None
+        if found is None:
             unmatched.append(record)
             continue
         # Two labels of one preset on the same prompt are one answer (the later file's).
-        grouped[table_key(record)][(model_key, preset)][prompt_key(record)] = record
+        grouped[table_key(record)][(model_key, *found)][prompt_key(record)] = record
     working = {key: working_tasks(group) for key, group in baselines.items()}
     tables = {
         key: {
             row: cell(list(prompts.values()), working.get((key, row[0]), set()))
-            for row, prompts in sorted(rows.items(), key=lambda kv: (models[kv[0][0]].order, preset_rank(kv[0][1])))
+            for row, prompts in sorted(rows.items(), key=lambda kv: (models[kv[0][0]].order, row_rank(kv[0])))
         }
         for key, rows in sorted(
             grouped.items(), key=lambda kv: (kv[0][0] != RULE_SPLIT, kv[0][0], kv[0][1], str(kv[0][2]))
@@ -287,6 +294,12 @@ def build(records: list[Record], params: dict[str, int] | None = None, depths: d
 
 def preset_rank(preset: str) -> int:
     return list(PRESETS).index(preset)
+
+
+def row_rank(row: tuple) -> tuple[int, int]:
+    """A table row's order within its model: by preset, then by policy (as shipped first)."""
+    _, preset, policy = row
+    return preset_rank(preset), list(POLICY_NAMES).index(policy)
 
 
 def nominal_fraction(preset: str, depth: int) -> float:
@@ -328,13 +341,15 @@ def statuses(ladder: Ladder, names: Sequence[str]) -> dict[tuple[str, str], Stat
     found: dict[tuple[str, str], Status] = {}
     for name in names:
         for preset in cheaper_presets():
-            measured = [(ladder.models[k], c) for (k, p), c in rows.items() if k[0] == name and p == preset]
+            measured = [
+                (ladder.models[k], c) for (k, p, d), c in rows.items() if (k[0], p, d) == (name, preset, SHIPPED_POLICY)
+            ]
             earlier = [
                 (key, c)
                 for key, table in ladder.tables.items()
                 if key[0] == RULE_SPLIT and key not in rule
-                for (k, p), c in table.items()
-                if k[0] == name and p == preset and c["holds"] == "no"
+                for (k, p, d), c in table.items()
+                if (k[0], p, d) == (name, preset, SHIPPED_POLICY) and c["holds"] == "no"
             ]
             records = f"{measured[-1][1]['kept']}/{measured[-1][1]['n']}" if measured else None
             if earlier and not records:
@@ -439,30 +454,30 @@ def table_section(ladder: Ladder, key: tuple) -> list[str]:
     """One table; the *holds* column only on the rule's split (a held-apart split reports, it does not decide)."""
     rule = key[0] == RULE_SPLIT
     head = (
-        "| model (params, dtype) | preset | records' label | n prompts | prefill token fraction | answers kept "
-        "[95% CI] | accuracy, working tasks (baseline) | TTFT ratio, median [quartiles] |"
+        "| model (params, dtype) | preset | decoding | records' label | n prompts | prefill token fraction | "
+        "answers kept [95% CI] | accuracy, working tasks (baseline) | TTFT ratio, median [quartiles] |"
         + (" holds |" if rule else "")
     )
-    lines = [f"## {table_title(key)}", "", head, "|---" * (9 if rule else 8) + "|"]
-    for (model_key, preset), c in ladder.tables[key].items():
+    lines = [f"## {table_title(key)}", "", head, "|---" * (10 if rule else 9) + "|"]
+    for (model_key, preset, policy), c in ladder.tables[key].items():
         low, high = c["ci"]
         lines.append(
-            f"| {ladder.models[model_key].label} | {preset} | {', '.join(c['labels'])} | {c['n']} | "
-            f"{c['fraction']:.3f} | {c['kept']}/{c['n']} = {c['share']:.2f} [{low:.2f}-{high:.2f}] | "
+            f"| {ladder.models[model_key].label} | {preset} | {POLICY_NAMES[policy]} | {', '.join(c['labels'])} | "
+            f"{c['n']} | {c['fraction']:.3f} | {c['kept']}/{c['n']} = {c['share']:.2f} [{low:.2f}-{high:.2f}] | "
             f"{fmt(c['accuracy'])} ({fmt(c['baseline_accuracy'])}) | {ratio_text(c['ttft_ratio'])} |"
             + (f" {c['holds']} |" if rule else "")
         )
     tasks = [
         f"{ladder.models[m].label}: {', '.join(sorted(ladder.working.get((key, m), set()))) or 'none'}"
-        for m in sorted({m for m, _ in ladder.tables[key]}, key=lambda m: ladder.models[m].order)
+        for m in sorted({row[0] for row in ladder.tables[key]}, key=lambda m: ladder.models[m].order)
     ]
     lines += ["", f"Working tasks (unpruned accuracy >= {BASELINE_WORKS}): " + "; ".join(tasks) + "."]
-    measured = {m for m, _ in ladder.tables[key]}
+    measured = {row[0] for row in ladder.tables[key]}
     missing = [
         f"{ladder.models[m].label} {p}"
         for m in sorted(measured, key=lambda m: ladder.models[m].order)
         for p in PRESETS
-        if (m, p) not in ladder.tables[key]
+        if (m, p, SHIPPED_POLICY) not in ladder.tables[key]
     ]
     if missing:
         lines += ["", f'No record as shipped here: {", ".join(missing)} (see "Which records are the presets").']
@@ -475,7 +490,9 @@ def matching_section(ladder: Ladder) -> list[str]:
         "## Which records are the presets as shipped",
         "",
         "A record counts as preset P when its config equals `LazyConfig.preset(P, depth, min_prompt_tokens=0)` "
-        "(retired options only at the value that behaves as today; a field the record lacks is not filled in).",
+        "(retired options only at the value that behaves as today; a field the record lacks is not filled in), and "
+        "as P with another decoding policy when it equals that config with the policy's fields "
+        f"({'; '.join(f'{POLICY_NAMES[d]}: {POLICIES[d]}' for d in POLICY_NAMES if d != SHIPPED_POLICY)}).",
         "",
     ]
     for key, model in sorted(ladder.models.items(), key=lambda kv: kv[1].order):
@@ -487,15 +504,19 @@ def matching_section(ladder: Ladder) -> list[str]:
             continue
         for preset in PRESETS:
             target = shipped(preset, model.depth)
-            labels: dict[str, int] = defaultdict(int)
+            labels: dict[tuple[str, str], int] = defaultdict(int)
             dropped: set[str] = set()
             for record in mine:
-                if matches(record, model.depth) == preset:
-                    labels[record["name"]] += 1
+                found = matches(record, model.depth)
+                if found and found[0] == preset:
+                    labels[(record["name"], found[1])] += 1
                     dropped |= {f"{k}={record['config'][k]}" for k in normalized(record["config"])[1]}
-            if labels:
+            if any(policy == SHIPPED_POLICY for _, policy in labels):
                 also = f"; retired options at today's behaviour: {', '.join(sorted(dropped))}" if dropped else ""
-                text = ", ".join(f"`{name}` ({count})" for name, count in sorted(labels.items()))
+                text = ", ".join(
+                    f"`{name}` ({count}{'' if policy == SHIPPED_POLICY else f', {POLICY_NAMES[policy]} decoding'})"
+                    for (name, policy), count in sorted(labels.items())
+                )
                 lines.append(f"  - {preset}: {text}{also}")
                 continue
             near, labels_with_cuts = nearest([r for r in mine if r.get("config")], target)
@@ -545,8 +566,7 @@ def machine_text(machine: dict[str, Any]) -> str:
     busy = ", busy at start" if machine.get("load_warning") else ""
     return (
         f"{where}{f', {cores} cores' if cores else ''}{f', {threads} torch threads' if threads else ''}, "
-        f"{machine.get('device', 'cpu')}, lazyllm {machine.get('lazyllm') or (machine.get('versions') or {}).get('lazyllm', '?')}"
-        f"{busy}"
+        f"{machine.get('device', 'cpu')}, lazyllm {lazyllm_version({'machine': machine})}{busy}"
     )
 
 
@@ -582,20 +602,25 @@ def plot(ladder: Ladder, path: Path) -> None:
     order = sorted(ladder.models, key=lambda m: ladder.models[m].order)
     for axis, key in zip(axes[:, 0], keys):
         rows, rule = ladder.tables.get(key, {}), key[0] == RULE_SPLIT
-        present = [m for m in order if any(m == k for k, _ in rows)]
-        where = positions(rows, present)
+        lines = sorted(
+            {(k, d) for k, _, d in rows}, key=lambda kd: (order.index(kd[0]), list(POLICY_NAMES).index(kd[1]))
+        )
+        where = positions(rows, order)
         shifted = max((abs(where[row] - c["fraction"]) for row, c in rows.items()), default=0.0)
-        for model_key in present:
-            points = sorted(((c["fraction"], p, c) for (k, p), c in rows.items() if k == model_key), key=lambda t: t[0])
+        for model_key, policy in lines:
+            points = sorted(((c["fraction"], p, c) for (k, p, d), c in rows.items() if (k, d) == (model_key, policy)))
             colour = colours[order.index(model_key) % len(colours)]
-            x = [where[(model_key, p)] for _, p, _ in points]
+            as_shipped = policy == SHIPPED_POLICY
+            x = [where[(model_key, p, policy)] for _, p, _ in points]
             y = [c["share"] for _, _, c in points]
             counts = sorted({c["n"] for _, _, c in points})
             n_text = f"n={counts[0]}" if len(counts) == 1 else f"n={counts[0]}-{counts[-1]}"
-            axis.plot(x, y, color=colour, alpha=0.6, label=f"{ladder.models[model_key].label}, {n_text}")
+            label = ladder.models[model_key].label + ("" if as_shipped else f", {POLICY_NAMES[policy]} decoding")
+            style = "-" if as_shipped else "--"
+            axis.plot(x, y, color=colour, alpha=0.6, linestyle=style, label=f"{label}, {n_text}")
             for xi, (_, preset, c) in zip(x, points):
                 low, high = c["ci"]
-                full = c["n"] >= MIN_PROMPTS or not rule
+                full = as_shipped and (c["n"] >= MIN_PROMPTS or not rule)
                 axis.errorbar(
                     xi,
                     c["share"],
@@ -642,15 +667,17 @@ def plot(ladder: Ladder, path: Path) -> None:
                 else ""
             )
         )
+        others = sorted({POLICY_NAMES[d] for _, _, d in rows} - {POLICY_NAMES[SHIPPED_POLICY]})
         axis.set_title(
             f"Size ladder, presets as shipped: {table_title(key)}\nbars: Wilson 95% CI"
-            + (f"; hollow markers: fewer than {MIN_PROMPTS} prompts" if rule else " (held-apart prompts)"),
+            + (f"; hollow markers: fewer than {MIN_PROMPTS} prompts" if rule else " (held-apart prompts)")
+            + (f"; dashed, hollow: {' / '.join(others)} decoding" if others else ""),
             fontsize=10,
         )
         axis.grid(alpha=0.3)
         models_legend = axis.legend(fontsize=8, loc="lower right", title="model (params, dtype)", title_fontsize=8)
         axis.add_artist(models_legend)
-        shown = sorted({p for _, p in rows}, key=preset_rank)
+        shown = sorted({row[1] for row in rows}, key=preset_rank)
         handles = [Line2D([], [], color="black", marker=MARKERS.get(p, "o"), linestyle="none", label=p) for p in shown]
         axis.legend(handles=handles, fontsize=8, loc="lower left", title="preset", title_fontsize=8)
     figure.tight_layout()
@@ -659,11 +686,12 @@ def plot(ladder: Ladder, path: Path) -> None:
 
 
 def positions(rows: dict[tuple, dict[str, Any]], models: Sequence[tuple]) -> dict[tuple, float]:
-    """Where each (model, preset) point is drawn: its prefill token fraction, except that the points of one preset
-    closer than DODGE to each other are spread side by side, DODGE apart in model order, around their mean."""
+    """Where each (model, preset, policy) point is drawn: its prefill token fraction, except that the points of one
+    preset closer than DODGE to each other are spread side by side, DODGE apart in model and policy order, around
+    their mean."""
     where = {row: c["fraction"] for row, c in rows.items()}
     for preset in PRESETS:
-        group = [(m, preset) for m in models if (m, preset) in rows]
+        group = [(m, preset, d) for m in models for d in POLICY_NAMES if (m, preset, d) in rows]
         xs = sorted(where[row] for row in group)
         if len(group) > 1 and any(b - a < DODGE for a, b in zip(xs, xs[1:])):
             centre = sum(xs) / len(xs)

@@ -76,7 +76,7 @@ def test_a_record_is_a_preset_by_its_config_not_its_label(tmp_path):
     model = SMALL
     rows = records(model, "baseline", None, 5)
     rows += records(model, "my-label", shipped_config("balanced", model), 5, fraction=0.73)
-    rows += records(model, "shipped@default", shipped_config("default", model, revive_all_at=None), 5, fraction=0.9)
+    rows += records(model, "shipped@default", shipped_config("default", model, revive_all_at=2), 5, fraction=0.9)
     old = {k: v for k, v in shipped_config("aggressive", model).items() if k != "strict"}  # made before `strict`
     rows += records(model, "old@aggressive", old, 5, fraction=0.49)
     retired = shipped_config("aggressive", model, revive_steps=1, seed=0)  # retired options at today's behaviour
@@ -85,7 +85,7 @@ def test_a_record_is_a_preset_by_its_config_not_its_label(tmp_path):
     built = ladder.build(ladder.read_records([write(tmp_path / "r.jsonl", rows)]))
 
     table = built.tables[("select", 2048, None)]
-    assert {preset: c["labels"] for (_, preset), c in table.items()} == {
+    assert {preset: c["labels"] for (_, preset, _), c in table.items()} == {
         "balanced": ["my-label"],
         "aggressive": ["retired@aggressive"],
     }
@@ -100,7 +100,7 @@ def test_the_depth_of_an_unknown_model_is_inferred_from_its_configs(tmp_path):
     built = ladder.build(ladder.read_records([write(tmp_path / "r.jsonl", rows)]), params={"mystery": 10**9})
     model = built.models[("mystery", "float32")]
     assert (model.depth, model.depth_inferred, model.params) == (20, True, 10**9)
-    assert list(built.tables[("select", 2048, None)]) == [(("mystery", "float32"), "aggressive")]
+    assert list(built.tables[("select", 2048, None)]) == [(("mystery", "float32"), "aggressive", "revive_all_at1")]
 
 
 def render(tmp_path, rows, models=(SMALL, LARGE)):
@@ -111,8 +111,8 @@ def render(tmp_path, rows, models=(SMALL, LARGE)):
 def test_fewer_than_60_prompts_leave_the_outcome_undecided(tmp_path):
     rows = model_records(SMALL, 59, {"aggressive": 20}) + model_records(LARGE, 60, {"aggressive": 20}, "bfloat16")
     text = render(tmp_path, rows)
-    assert "| qwen2.5-coder-0.5b (494M, float32) | balanced | shipped@balanced | 59 |" in text
-    assert "| qwen2.5-coder-1.5b (1.54B, bfloat16) | balanced | shipped@balanced | 60 |" in text
+    assert "| qwen2.5-coder-0.5b (494M, float32) | balanced | as shipped | shipped@balanced | 59 |" in text
+    assert "| qwen2.5-coder-1.5b (1.54B, bfloat16) | balanced | as shipped | shipped@balanced | 60 |" in text
     assert "59/59 = 1.00" in text and "not yet (n<60)" in text
     outcome = text.split("## Rule 13 outcome")[1].split("##")[0]
     assert "**Undecided**: qwen2.5-coder-0.5b balanced (59/59" in outcome
@@ -145,7 +145,7 @@ def test_the_rule_text_rules_out_the_small_models_and_the_cli_writes_both_files(
     assert cli.main(["ladder", str(source), "--out", str(tmp_path / "cli"), "--name", "ladder"]) == 0
     text = (tmp_path / "cli" / "ladder.md").read_text()
     assert (tmp_path / "cli" / "ladder.png").exists()
-    assert "| smollm2 (135M, float32) | balanced | window32+pool7+revive_all_at1@balanced | 30 |" in text
+    assert "| smollm2 (135M, float32) | balanced | as shipped | window32+pool7+revive_all_at1@balanced | 30 |" in text
     assert "smollm2 balanced: ruled out by the rule's text" in text and "records as shipped: 25/30" in text
     assert "gemma3 balanced: ruled out by the rule's text" in text and "no input record is this preset" in text
     # Every cheaper preset is settled (gemma3 and smollm2 by the rule's text): balanced from the 0.5B on.
@@ -159,3 +159,17 @@ def test_a_held_apart_split_reports_without_the_rule_s_verdicts(tmp_path):
     assert "## report split, 2048 tokens" in text and "22/30 = 0.73" in text
     assert "holds" not in text.split("## Sources")[0].lower()
     assert "## Rule 13 outcome" not in text and "docs/DECISIONS.md, section 13" in text
+
+
+def test_another_decoding_policy_is_its_own_row_and_never_decides(tmp_path):
+    rows = model_records(SMALL, 60, {"balanced": 1, "aggressive": 20})
+    rows += model_records(LARGE, 60, {"balanced": 1, "aggressive": 20})
+    for model in (SMALL, LARGE):  # the paper's decoding loses no answer: were it counted, aggressive would hold
+        for preset in ("balanced", "aggressive"):
+            config = shipped_config(preset, model, revive_all_at=None)
+            rows += records(model, f"window32+pool7@{preset}", config, 60, fraction=FRACTION[preset])
+    text = render(tmp_path, rows)
+    assert "| qwen2.5-coder-0.5b (494M, float32) | aggressive | paper's | window32+pool7@aggressive | 60 |" in text
+    assert "| qwen2.5-coder-0.5b (494M, float32) | aggressive | as shipped | shipped@aggressive | 60 |" in text
+    assert "qwen2.5-coder-0.5b: `balanced`, qwen2.5-coder-1.5b: `balanced`" in text
+    assert "`window32+pool7@aggressive` (60, paper's decoding)" in text
