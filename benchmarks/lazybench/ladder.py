@@ -27,7 +27,7 @@ import re
 import shlex
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -529,6 +529,10 @@ def matching_section(ladder: Ladder) -> list[str]:
                     f"  - {preset}: no record as shipped; nearest{others} `{near['name']}` (lazyllm "
                     f"{', '.join(versions)}): " + "; ".join(difference(near["config"], target))
                 )
+        other = Counter(r["name"] for r in ladder.unmatched if (r["model"], r["dtype"]) == key)
+        if other:
+            text = ", ".join(f"`{name}` ({count})" for name, count in sorted(other.items()))
+            lines.append(f"  - no preset in any decoding policy, not shown: {text}")
     return lines
 
 
@@ -597,7 +601,7 @@ def plot(ladder: Ladder, path: Path) -> None:
     from matplotlib.lines import Line2D
 
     keys = list(ladder.tables) or [(RULE_SPLIT, RULE_LENGTH, None)]
-    figure, axes = plt.subplots(len(keys), 1, figsize=(9, 5.2 * len(keys)), squeeze=False)
+    figure, axes = plt.subplots(len(keys), 1, figsize=(15, 5.6 * len(keys)), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     order = sorted(ladder.models, key=lambda m: ladder.models[m].order)
     for axis, key in zip(axes[:, 0], keys):
@@ -675,13 +679,25 @@ def plot(ladder: Ladder, path: Path) -> None:
             fontsize=10,
         )
         axis.grid(alpha=0.3)
-        models_legend = axis.legend(fontsize=8, loc="lower right", title="model (params, dtype)", title_fontsize=8)
-        axis.add_artist(models_legend)
+        # Both legends beside the panel, where no point can hide behind them; the wider one (the models') last, as
+        # the axis's own legend, so that the saved figure's bounds take it in.
         shown = sorted({row[1] for row in rows}, key=preset_rank)
         handles = [Line2D([], [], color="black", marker=MARKERS.get(p, "o"), linestyle="none", label=p) for p in shown]
-        axis.legend(handles=handles, fontsize=8, loc="lower left", title="preset", title_fontsize=8)
+        axis.add_artist(
+            axis.legend(
+                handles=handles,
+                fontsize=8,
+                loc="lower left",
+                bbox_to_anchor=(1.01, 0.0),
+                title="preset",
+                title_fontsize=8,
+            )
+        )
+        axis.legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model (params, dtype)", title_fontsize=8
+        )
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 
 

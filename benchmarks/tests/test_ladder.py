@@ -90,6 +90,8 @@ def test_a_record_is_a_preset_by_its_config_not_its_label(tmp_path):
         "aggressive": ["retired@aggressive"],
     }
     assert {r["name"] for r in built.unmatched} == {"shipped@default", "old@aggressive", "spread@aggressive"}
+    text = "\n".join(ladder.matching_section(built))
+    assert "no preset in any decoding policy, not shown: `old@aggressive` (5), `shipped@default` (5)" in text
     # The same config on another depth is another schedule: on the 1.5B (28 layers) the 24-layer cuts match nothing.
     assert ladder.matches(rows[5], ladder.DEPTHS[LARGE]) is None
 
