@@ -299,7 +299,11 @@ def preset_rank(preset: str) -> int:
 def row_rank(row: tuple) -> tuple[int, int]:
     """A table row's order within its model: by preset, then by policy (as shipped first)."""
     _, preset, policy = row
-    return preset_rank(preset), list(POLICY_NAMES).index(policy)
+    return preset_rank(preset), policy_rank(policy)
+
+
+def policy_rank(policy: str) -> int:
+    return list(POLICY_NAMES).index(policy)
 
 
 def nominal_fraction(preset: str, depth: int) -> float:
@@ -502,12 +506,12 @@ def matching_section(ladder: Ladder) -> list[str]:
         if model.depth is None:
             lines.append("  no config equals a preset on any depth: give `--depth NAME=LAYERS`.")
             continue
+        found_by_record = [(record, matches(record, model.depth)) for record in mine]
         for preset in PRESETS:
             target = shipped(preset, model.depth)
             labels: dict[tuple[str, str], int] = defaultdict(int)
             dropped: set[str] = set()
-            for record in mine:
-                found = matches(record, model.depth)
+            for record, found in found_by_record:
                 if found and found[0] == preset:
                     labels[(record["name"], found[1])] += 1
                     dropped |= {f"{k}={record['config'][k]}" for k in normalized(record["config"])[1]}
@@ -606,9 +610,7 @@ def plot(ladder: Ladder, path: Path) -> None:
     order = sorted(ladder.models, key=lambda m: ladder.models[m].order)
     for axis, key in zip(axes[:, 0], keys):
         rows, rule = ladder.tables.get(key, {}), key[0] == RULE_SPLIT
-        lines = sorted(
-            {(k, d) for k, _, d in rows}, key=lambda kd: (order.index(kd[0]), list(POLICY_NAMES).index(kd[1]))
-        )
+        lines = sorted({(k, d) for k, _, d in rows}, key=lambda kd: (order.index(kd[0]), policy_rank(kd[1])))
         where = positions(rows, order)
         shifted = max((abs(where[row] - c["fraction"]) for row, c in rows.items()), default=0.0)
         for model_key, policy in lines:
