@@ -12,6 +12,12 @@ candidate is eligible when it loses at most one whole answer that NAME keeps (pr
 against the unpruned model is at most 0.02 below NAME's.
 
     python -m lazybench.choose benchmarks/results/frontier-decode.jsonl --against paper@default
+
+With `--schedule S` as well, only the candidates placed on schedule S (labels ending in `@S`) are judged: one preset's
+decoding policies against that preset's reference (DECISIONS 15).
+
+    python -m lazybench.choose benchmarks/results/frontier-stream-1.5b.jsonl \\
+        --against window32+pool7+revive_all_at1@balanced --schedule balanced
 """
 
 from __future__ import annotations
@@ -169,8 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results", type=Path, nargs="+", help="frontier JSON-lines files")
     parser.add_argument("--against", metavar="NAME", help="judge decoding policies against this candidate")
     parser.add_argument("--net", action="store_true", help="with --against: the fourth rule (no net answer lost)")
+    parser.add_argument("--schedule", metavar="S", help="only the candidates on schedule S (labels ending in @S)")
     args = parser.parse_args(argv)
     records = read_records(args.results)
+    if args.schedule:
+        records = [r for r in records if r["name"] == "baseline" or r["name"].endswith(f"@{args.schedule}")]
     if args.against:
         print(render_policies(policy_table(records, args.against, args.net), args.against))
         return 0

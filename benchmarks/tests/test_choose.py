@@ -90,6 +90,24 @@ def test_a_decoding_policy_is_judged_prompt_by_prompt_against_the_reference_poli
     assert row["lost"] == 1 and row["eligible"]
 
 
+def test_one_schedules_policies_are_judged_against_that_schedules_reference(tmp_path, capsys):
+    from lazybench.choose import main
+
+    rows = (
+        BASELINE
+        + records("shipped@balanced", 0.7, ALL, ALL)
+        + records("static@balanced", 0.7, (0,) + (1,) * 9, ALL)
+        + records("shipped@aggressive", 0.5, (0,) * 5 + (1,) * 5, ALL)
+        + records("static@aggressive", 0.5, (0,) * 5 + (1,) * 5, ALL)
+    )
+    path = tmp_path / "stream.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    main([str(path), "--against", "shipped@balanced", "--schedule", "balanced"])
+    text = capsys.readouterr().out
+    assert "| static@balanced | 10 | 0.90 [0.60-0.98] | 1 | 0 |" in text
+    assert "aggressive" not in text, "the other schedule's candidates are not judged against this one's reference"
+
+
 def test_the_report_gives_each_length_task_cell_and_the_policy_verdict(tmp_path):
     from lazybench import report
 
