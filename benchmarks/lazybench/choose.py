@@ -119,6 +119,7 @@ def policy_table(records: Sequence[dict[str, Any]], against: str, net: bool = Fa
         raise SystemExit(f"no records of {against!r} to judge the others against")
     kept = {tuple(r[k] for k in prompt): r["agree"] for r in reference}
     against_f1 = sum(r["f1"] for r in reference) / len(reference)
+    against_kept = f"{sum(kept.values())}/{len(kept)}"
     rows = []
     for cell in cells(records, by=("name",)):
         if cell["name"] in (against, "baseline"):
@@ -132,7 +133,9 @@ def policy_table(records: Sequence[dict[str, Any]], against: str, net: bool = Fa
         gained = sum(mine and not theirs for theirs, mine in paired)
         paired_ok = gained >= lost if net else lost <= MAX_ANSWERS_LOST
         eligible = cell["n"] >= len(reference) and paired_ok and cell["f1"] >= against_f1 - MAX_F1_DROP
-        rows.append(dict(cell, lost=lost, gained=gained, against_f1=against_f1, eligible=eligible))
+        rows.append(
+            dict(cell, lost=lost, gained=gained, against_f1=against_f1, against_kept=against_kept, eligible=eligible)
+        )
     return rows
 
 
@@ -148,6 +151,8 @@ def render_policies(rows: Sequence[dict[str, Any]], against: str) -> str:
             f"| {row['name']} | {row['n']} | {row['agreement']:.2f} [{low:.2f}-{high:.2f}] | {row['lost']} | "
             f"{row['gained']} | {row['f1']:.3f} ({row['against_f1']:.3f}) | {'yes' if row['eligible'] else 'no'} |"
         )
+    if rows:
+        lines.append(f"\n{against}: {rows[0]['against_kept']} whole answers kept, mean F1 {rows[0]['against_f1']:.3f}.")
     return "\n".join(lines)
 
 

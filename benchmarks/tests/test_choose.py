@@ -105,6 +105,7 @@ def test_one_schedules_policies_are_judged_against_that_schedules_reference(tmp_
     main([str(path), "--against", "shipped@balanced", "--schedule", "balanced"])
     text = capsys.readouterr().out
     assert "| static@balanced | 10 | 0.90 [0.60-0.98] | 1 | 0 |" in text
+    assert "shipped@balanced: 10/10 whole answers kept, mean F1 1.000." in text, "the reference's own figures"
     assert "aggressive" not in text, "the other schedule's candidates are not judged against this one's reference"
 
 
