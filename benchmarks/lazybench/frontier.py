@@ -265,9 +265,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--schedules",
-        nargs="+",
+        nargs="*",
         default=["default", "balanced", "aggressive"],
-        help="preset names or 'fraction:keep,...' (cut positions as shares of the depth)",
+        help="preset names or 'fraction:keep,...' (cut positions as shares of the depth); none: only --configs",
     )
     parser.add_argument(
         "--configs",
@@ -297,6 +297,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths, args.n, args.scorings, args.schedules = [2048], 2, ["paper", "window32+pool7"], ["aggressive"]
+    if not (args.schedules or args.configs):
+        parser.error("nothing to measure: name --schedules, --configs or both")
     return args
 
 

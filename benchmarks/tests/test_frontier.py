@@ -59,6 +59,13 @@ def test_a_saved_config_is_a_candidate_named_after_its_file_and_prunes_at_every_
         frontier.saved_candidate(tmp_path / "deeper.json", model)
 
 
+def test_configs_alone_need_no_schedule_but_something_must_be_measured(tmp_path):
+    args = frontier.parse_args(["--schedules", "--configs", str(tmp_path / "mine.json")])
+    assert args.schedules == [] and args.configs == [tmp_path / "mine.json"]
+    with pytest.raises(SystemExit):
+        frontier.parse_args(["--schedules"])
+
+
 def test_an_unknown_token_score_is_refused():
     with pytest.raises(SystemExit, match="unknown scoring"):
         frontier.candidate("nope", "default", 8)
